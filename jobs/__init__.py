@@ -1,0 +1,1 @@
+"""The jobs app: kinds, lifecycle, API, dashboard, back pressure and periodic work."""

@@ -1,0 +1,275 @@
+"""The JSON API (django-ninja): jobs, kinds and the queue, with OpenAPI at /api/openapi.json."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone as dt_timezone
+from typing import Any, Literal
+from uuid import UUID
+
+from django.http import HttpRequest
+from ninja import Field, NinjaAPI, Query, Router, Schema
+from ninja.errors import HttpError
+from ninja.errors import ValidationError as NinjaValidationError
+from ninja.pagination import LimitOffsetPagination, paginate
+from ninja.parser import Parser
+from ninja.security import HttpBearer, django_auth
+from pydantic import ConfigDict, field_validator
+
+from . import selectors, services
+from .backpressure import BrokerUnavailable, gauge
+from .models import Job
+from .registry import all_kinds
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+class StrictJsonParser(Parser):
+    """JSON bodies only, without NaN or Infinity (they are not JSON and no database stores them)."""
+
+    def parse_body(self, request: HttpRequest):
+        return json.loads(request.body, parse_constant=_reject_constant)
+
+
+class BearerToken(HttpBearer):
+    def authenticate(self, request, token):
+        user = selectors.api_token_user(plain=token)
+        if user is not None:
+            request.user = user
+        return user
+
+
+api = NinjaAPI(
+    title="Jobs platform API",
+    version="1.0",
+    description="Submit background jobs, follow them, cancel and retry them. Authenticate with "
+    "`Authorization: Bearer <token>` (`python manage.py create_token USERNAME`).",
+    auth=[BearerToken(), django_auth],
+    parser=StrictJsonParser(),
+    urls_namespace="api",
+)
+
+
+def _first_nul(value, path=()):
+    """The path to the first string holding a NUL character, which PostgreSQL cannot store."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        if isinstance(key, str) and "\x00" in key:
+            return (*path, key)
+        found = _first_nul(item, (*path, key))
+        if found is not None:
+            return found
+    return None
+
+
+class ErrorOut(Schema):
+    detail: Any
+
+
+class JobIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(..., min_length=1, max_length=100, description="A kind from GET /api/kinds.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The kind's parameters (its JSON schema).")
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=200, description="Sending the same key again returns the same job."
+    )
+    priority: int | None = Field(None, ge=0, le=9, description="0 (lowest) to 9 (highest); the kind's default if absent.")
+    run_at: datetime | None = Field(None, description="Not before this time (ISO 8601; UTC if no offset).")
+
+    @field_validator("kind", "idempotency_key", "params")
+    @classmethod
+    def no_nul(cls, value):
+        path = _first_nul(value)
+        if path is not None:
+            where = ".".join(map(str, path))
+            raise ValueError("must not contain NUL characters" + (f" (at {where})" if where else ""))
+        return value
+
+
+class ProgressOut(Schema):
+    done: int
+    total: int
+    percent: int
+    message: str
+
+
+class JobOut(Schema):
+    id: UUID
+    kind: str
+    status: Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+    params: dict[str, Any]
+    queue: str
+    priority: int
+    owner: str | None
+    idempotency_key: str | None
+    schedule_name: str
+    attempts: int
+    attempt_limit: int
+    progress: ProgressOut
+    error: str
+    created_at: datetime
+    run_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    cancelled_at: datetime | None
+    next_attempt_at: datetime | None
+    result: Any = None
+
+    @staticmethod
+    def resolve_owner(job: Job):
+        return job.owner.get_username() if job.owner_id else None
+
+    @staticmethod
+    def resolve_progress(job: Job):
+        return {"done": job.progress_done, "total": job.progress_total, "percent": job.progress_percent,
+                "message": job.progress_message}
+
+    @staticmethod
+    def resolve_result(job: Job):
+        return getattr(job, "result_value", None)
+
+
+class KindOut(Schema):
+    name: str
+    title: str
+    description: str
+    queue: str
+    priority: int
+    inline: bool
+    max_attempts: int
+    params_schema: dict[str, Any]
+
+
+class JobFilters(Schema):
+    status: Job.Status | None = None
+    kind: str | None = Field(None, max_length=100)
+
+
+def _with_result(job: Job) -> Job:
+    if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED):
+        job.result_value = selectors.job_result_value(job=job)
+    return job
+
+
+def _get_or_404(request, job_id: UUID) -> Job:
+    job = selectors.job_get(user=request.auth, job_id=job_id)
+    if job is None:
+        raise HttpError(404, "no such job")
+    return job
+
+
+router = Router(tags=["jobs"])
+
+
+@router.post("/jobs", response={200: JobOut, 202: JobOut, 422: ErrorOut, 503: ErrorOut},
+             summary="Submit a job")
+def submit_job(request, payload: JobIn):
+    """Record a job and queue it (202), or run an inline kind now (200). The same idempotency key returns the same job (200)."""
+    run_at = payload.run_at
+    if run_at is not None and run_at.tzinfo is None:
+        run_at = run_at.replace(tzinfo=dt_timezone.utc)
+    try:
+        outcome = services.job_submit(
+            user=request.auth, kind=payload.kind, params=payload.params, idempotency_key=payload.idempotency_key,
+            priority=payload.priority, run_at=run_at,
+        )
+    except services.JobInputError as exc:
+        raise NinjaValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
+    job = outcome.job
+    if not outcome.created or job.is_finished:
+        return 200, _with_result(job)
+    return 202, job
+
+
+@router.get("/jobs", response=list[JobOut], summary="List jobs, newest first")
+@paginate(LimitOffsetPagination)
+def list_jobs(request, filters: Query[JobFilters]):
+    return selectors.job_list(user=request.auth, status=filters.status, kind=filters.kind)
+
+
+@router.get("/jobs/{job_id}", response={200: JobOut, 404: ErrorOut}, summary="One job, with its result")
+def get_job(request, job_id: UUID):
+    return _with_result(_get_or_404(request, job_id))
+
+
+@router.post("/jobs/{job_id}/cancel", response={200: JobOut, 404: ErrorOut, 409: ErrorOut}, summary="Cancel a job")
+def cancel_job(request, job_id: UUID):
+    try:
+        return services.job_cancel(job=_get_or_404(request, job_id))
+    except services.JobStateError as exc:
+        raise HttpError(409, str(exc)) from None
+
+
+@router.post("/jobs/{job_id}/retry", response={202: JobOut, 404: ErrorOut, 409: ErrorOut},
+             summary="Run a failed or cancelled job again")
+def retry_job(request, job_id: UUID):
+    try:
+        return 202, services.job_retry(job=_get_or_404(request, job_id))
+    except services.JobStateError as exc:
+        raise HttpError(409, str(exc)) from None
+
+
+@router.get("/kinds", response=list[KindOut], summary="Job kinds and their parameter schemas")
+def list_kinds(request):
+    return [
+        KindOut(name=k.name, title=k.title, description=k.description, queue=k.queue, priority=k.priority,
+                inline=k.inline, max_attempts=k.max_attempts, params_schema=k.params_schema())
+        for k in all_kinds()
+    ]
+
+
+class QueueOut(Schema):
+    name: str
+    depth: int
+    limit: int
+    low_mark: int
+    accepting: bool
+
+
+class QueuesOut(Schema):
+    accepting: bool
+    total_depth: int
+    limit: int
+    drain_rate: float = Field(..., description="Jobs started per second, averaged over the last 10 s.")
+    queues: list[QueueOut]
+    submissions: dict[str, int]
+
+
+@router.get("/queue", response={200: QueuesOut, 503: ErrorOut}, tags=["queue"], summary="Queue depth and the gate")
+def queue_state(request):
+    try:
+        snap = gauge.snapshot(max_age=0)
+    except BrokerUnavailable as exc:
+        return 503, {"detail": f"the message broker is not answering: {exc}"}
+    return {
+        "accepting": not snap.total_closed and not any(q.closed for q in snap.queues.values()),
+        "total_depth": snap.total_depth,
+        "limit": snap.total_limit,
+        "drain_rate": snap.drain_rate,
+        "queues": [QueueOut(name=q.name, depth=q.depth, limit=q.limit, low_mark=q.low_mark, accepting=not q.closed)
+                   for q in snap.queues.values()],
+        "submissions": gauge.submission_counts(),
+    }
+
+
+api.add_router("/", router)
+
+
+@api.exception_handler(NinjaValidationError)
+def validation_error(request, exc: NinjaValidationError):
+    return api.create_response(
+        request,
+        {"error": "validation_error",
+         "detail": [{"loc": list(e.get("loc", [])), "msg": e.get("msg", ""), "type": e.get("type", "")}
+                    for e in exc.errors]},
+        status=422,
+    )

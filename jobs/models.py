@@ -1,0 +1,218 @@
+"""The platform's tables: jobs, their failed attempts, API tokens and statistics rollups."""
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+
+class JobQuerySet(models.QuerySet):
+    def visible_to(self, user):
+        """Staff see every job; anyone else only their own."""
+        return self if user.is_staff else self.filter(owner=user)
+
+    def finished(self):
+        return self.filter(status__in=Job.Status.finished())
+
+    def due(self, now=None):
+        """Queued jobs whose run_at has come and that were never published."""
+        now = now or timezone.now()
+        return self.filter(status=Job.Status.QUEUED, published_at__isnull=True, run_at__lte=now)
+
+    def stale_queued(self, older_than):
+        """Jobs published before `older_than` that no worker has claimed yet."""
+        return self.filter(status__in=[Job.Status.QUEUED, Job.Status.RETRYING], published_at__lt=older_than)
+
+    def running_past_lease(self, now=None):
+        """Running jobs whose worker should have finished or been killed by now."""
+        return self.filter(status=Job.Status.RUNNING, lease_expires_at__lt=now or timezone.now())
+
+
+class Job(models.Model):
+    """One unit of background work. Its id is also its Celery task id and TaskResult task_id."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        RETRYING = "retrying"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+        @classmethod
+        def finished(cls):
+            return [cls.SUCCEEDED, cls.FAILED, cls.CANCELLED]
+
+        @classmethod
+        def claimable(cls):
+            return [cls.QUEUED, cls.RETRYING]
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    kind = models.CharField(max_length=100)
+    params = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="jobs"
+    )
+    queue = models.CharField(max_length=64, default="default")
+    priority = models.PositiveSmallIntegerField(default=5, help_text="0 (lowest) to 9 (highest).")
+    idempotency_key = models.CharField(
+        max_length=200, null=True, blank=True, help_text="A client's key: the same key from the same user is one job."
+    )
+    schedule_name = models.CharField(
+        max_length=200, blank=True, default="", help_text="The periodic schedule that submitted this job, if any."
+    )
+
+    attempts = models.PositiveIntegerField(default=0, help_text="Runs started so far, over the job's whole life.")
+    attempt_limit = models.PositiveIntegerField(
+        default=1, help_text="A run may start only while attempts are below this; a manual retry raises it."
+    )
+    claim_token = models.UUIDField(
+        null=True, blank=True, help_text="Set by each claim; later writes of that run must present it."
+    )
+    worker = models.CharField(max_length=200, blank=True, default="")
+    lease_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a running job's worker must be presumed dead (its hard time limit)."
+    )
+
+    progress_done = models.PositiveBigIntegerField(default=0)
+    progress_total = models.PositiveBigIntegerField(default=0)
+    progress_message = models.CharField(max_length=500, blank=True, default="")
+
+    error = models.TextField(blank=True, default="", help_text="The last failure, one line.")
+
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    run_at = models.DateTimeField(default=timezone.now, help_text="Not published before this time.")
+    published_at = models.DateTimeField(null=True, blank=True, help_text="When its message was last sent.")
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When its latest run started.")
+    finished_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a retrying job runs again.")
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="job_owner_created_idx"),
+            models.Index(fields=["-created_at"], name="job_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="job_status_created_idx"),
+            models.Index(fields=["kind", "-created_at"], name="job_kind_created_idx"),
+            models.Index(fields=["status", "published_at"], name="job_status_published_idx"),
+            models.Index(fields=["finished_at"], name="job_finished_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="job_owner_idempotency_key_uniq",
+            ),
+            models.CheckConstraint(condition=Q(priority__lte=9), name="job_priority_0_9"),
+            models.CheckConstraint(condition=Q(attempts__lte=F("attempt_limit")), name="job_attempts_within_limit"),
+        ]
+
+    def __str__(self):
+        return f"{self.kind} {self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.Status.finished()
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING, self.Status.RETRYING)
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status in (self.Status.FAILED, self.Status.CANCELLED)
+
+    @property
+    def progress_percent(self) -> int:
+        if self.status == self.Status.SUCCEEDED:
+            return 100
+        if not self.progress_total:
+            return 0
+        return min(100, int(100 * self.progress_done / self.progress_total))
+
+    @property
+    def wait_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return max(0.0, (self.started_at - max(self.run_at, self.created_at)).total_seconds())
+
+    @property
+    def run_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, (self.finished_at - self.started_at).total_seconds())
+
+
+class JobError(models.Model):
+    """One failed run of a job: what went wrong, kept after the job is retried."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="errors")
+    attempt = models.PositiveIntegerField()
+    error = models.TextField()
+    traceback = models.TextField(blank=True, default="")
+    worker = models.CharField(max_length=200, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["attempt", "id"]
+
+    def __str__(self):
+        return f"{self.job_id} attempt {self.attempt}: {self.error[:60]}"
+
+
+class ApiToken(models.Model):
+    """A bearer token for the API. Only its SHA-256 is stored; the token is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True, default="")
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=12, help_text="The token's first characters, to tell tokens apart.")
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.user})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class Follow(models.Model):
+    """Who follows whom, for the fan-out job kind's timelines."""
+
+    follower_id = models.PositiveBigIntegerField()
+    author_id = models.PositiveBigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["author_id", "follower_id"], name="follow_uniq")]
+
+    def __str__(self):
+        return f"{self.follower_id} follows {self.author_id}"
+
+
+class TimelineEntry(models.Model):
+    """A post as it appears in one reader's timeline: what the fan-out kind writes."""
+
+    reader_id = models.PositiveBigIntegerField()
+    post_id = models.UUIDField(help_text="The fan-out job's id: one post per job.")
+    author_id = models.PositiveBigIntegerField()
+    text = models.CharField(max_length=500)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["reader_id", "post_id"], name="timeline_reader_post_uniq")]
+        indexes = [models.Index(fields=["reader_id", "-created_at"], name="timeline_reader_idx")]
+
+    def __str__(self):
+        return f"post {self.post_id} for {self.reader_id}"

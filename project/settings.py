@@ -1,0 +1,212 @@
+"""Settings for every process (web, worker, beat, Flower), read from the environment."""
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+
+env = environ.Env()
+# A .env beside manage.py is a convenience for local runs; the real environment wins.
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# Local runs get a fixed key so that sessions survive restarts; production must set one.
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="local-only-insecure-key" if DEBUG else environ.Env.NOTSET)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "django_celery_results",
+    "django_celery_beat",
+    "jobs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "jobs.middleware.BodySizeLimitMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    # Last, so that a refusal costs nothing but the depth check; it needs no session or user.
+    "jobs.backpressure.BackPressureMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "jobs.context_processors.platform_links",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # WAL lets the web server read while workers write; IMMEDIATE takes the write lock at
+        # BEGIN so that two writers queue on the busy timeout instead of failing mid-transaction.
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+else:
+    # Workers and web keep their connection; the health check drops one the server closed.
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "jobs:list"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# --- Security (production) ------------------------------------------------------------
+if not DEBUG:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
+    # Behind a TLS-terminating proxy, which tells us the original scheme.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Redis and Celery -----------------------------------------------------------------
+# Without REDIS_URL, `make run` starts a private redis-server on a unix socket under var/,
+# so that it can never collide with a Redis the machine already runs.
+BUNDLED_REDIS_SOCKET = VAR_DIR / "redis.sock"
+REDIS_URL = env("REDIS_URL", default=f"unix://{BUNDLED_REDIS_SOCKET}?db=0")
+REDIS_BUNDLED = "REDIS_URL" not in env
+
+
+def _kombu_url(redis_url: str) -> str:
+    """Kombu spells a unix-socket Redis URL differently from redis-py."""
+    return "redis+socket://" + redis_url.removeprefix("unix://") if redis_url.startswith("unix://") else redis_url
+
+
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=_kombu_url(REDIS_URL))
+
+# The longest hard time limit a kind may set. The Redis visibility timeout must exceed it:
+# a message still unacknowledged after the visibility timeout is handed to another worker.
+JOBS_MAX_TIME_LIMIT = env.int("JOBS_MAX_TIME_LIMIT", default=3600)
+JOBS_VISIBILITY_TIMEOUT = env.int("JOBS_VISIBILITY_TIMEOUT", default=JOBS_MAX_TIME_LIMIT + 300)
+JOBS_PRIORITY_STEPS = list(range(10))
+
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Same value in every process (web publishes, workers restore): see JOBS_MAX_TIME_LIMIT.
+    "visibility_timeout": JOBS_VISIBILITY_TIMEOUT,
+    # Ten priority levels, one Redis list each, so that priorities 0-9 are all distinct.
+    "priority_steps": JOBS_PRIORITY_STEPS,
+    "sep": ":",
+    # Strict priority across a worker's queues rather than round robin.
+    "queue_order_strategy": "priority",
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # processes start before Redis is up under honcho
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # a worker waits out a broker outage instead of exiting
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True  # store task name, args and worker with each result
+CELERY_TASK_TRACK_STARTED = True  # tasks other than jobs show STARTED (jobs record `running` on the Job)
+CELERY_TASK_ACKS_LATE = True  # acknowledge after the task ran: a worker killed mid-job loses nothing
+CELERY_TASK_REJECT_ON_WORKER_LOST = True  # a pool child killed mid-job requeues its message
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # a worker holds no more messages than it runs
+# Stop running tasks when the broker connection is lost: their messages come back anyway,
+# and a second copy must not run beside the first.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_TASK_SERIALIZER = "json"  # JSON only: no pickle, messages readable by any client
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SOFT_TIME_LIMIT = env.int("JOBS_DEFAULT_SOFT_TIME_LIMIT", default=300)  # a task may clean up
+CELERY_TASK_TIME_LIMIT = env.int("JOBS_DEFAULT_TIME_LIMIT", default=360)  # then its process is killed
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_DEFAULT_PRIORITY = 5  # the middle of 0-9, so that jobs can go above or below
+CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows tasks live
+CELERY_TASK_SEND_SENT_EVENT = True  # and when they were sent
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_RESULT_EXPIRES = None  # retention is ours (JOBS_RETENTION_DAYS), not Celery's default day
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep our log format in worker logs
+
+# --- The platform ---------------------------------------------------------------------
+JOBS_QUEUES = ["default", "cpu", "io"]
+JOBS_QUEUE_LIMIT = env.int("JOBS_QUEUE_LIMIT", default=10_000)
+# Optional per-queue limits, e.g. JOBS_QUEUE_LIMITS=cpu=500,io=2000
+JOBS_QUEUE_LIMITS = {k: int(v) for k, v in env.dict("JOBS_QUEUE_LIMITS", default={}).items()}
+# Submissions are accepted again once the depth falls below this share of the limit.
+JOBS_QUEUE_LOW_WATERMARK = env.float("JOBS_QUEUE_LOW_WATERMARK", default=0.8)
+# How long one process trusts a depth reading; see backpressure.py for the overshoot it allows.
+JOBS_QUEUE_DEPTH_CACHE_SECONDS = env.float("JOBS_QUEUE_DEPTH_CACHE_SECONDS", default=0.25)
+JOBS_MAX_BODY_BYTES = env.int("JOBS_MAX_BODY_BYTES", default=256 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = JOBS_MAX_BODY_BYTES
+# A queued job whose message is not in the broker this long after publishing is published again.
+JOBS_RECOVERY_AFTER_SECONDS = env.int("JOBS_RECOVERY_AFTER_SECONDS", default=60)
+JOBS_RETENTION_DAYS = env.int("JOBS_RETENTION_DAYS", default=30)
+# user:password for Flower; `make run` generates one (kept in var/) when unset.
+FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default=None)
+WEB_PORT = env.int("WEB_PORT", default=8000)
+FLOWER_URL = env("FLOWER_URL", default=f"http://127.0.0.1:{env.int('FLOWER_PORT', default=5555)}/")
+# The admin user `make run` creates when there is none (a generated password when unset).
+DJANGO_SUPERUSER_USERNAME = env("DJANGO_SUPERUSER_USERNAME", default="admin")
+DJANGO_SUPERUSER_PASSWORD = env("DJANGO_SUPERUSER_PASSWORD", default=None)
+JOBS_LOG_FORMAT = env("JOBS_LOG_FORMAT", default="keyvalue")  # or "json"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "keyvalue": {"format": "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"},
+        "json": {"()": "jobs.logging.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": JOBS_LOG_FORMAT}},
+    "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
