@@ -1,4 +1,5 @@
 """Settings for every process (web, worker, beat, Flower), read from the environment."""
+import os
 from pathlib import Path
 
 import environ
@@ -75,6 +76,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # A file, not memory, so that the workers and servers tests start can open it too.
+    # Named per test run, so that two runs on one machine do not share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
 else:
     # Workers and web keep their connection; the health check drops one the server closed.
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=60)
