@@ -1,13 +1,11 @@
 """The JSON API (django-ninja): jobs, kinds and the queue, with OpenAPI at /api/openapi.json."""
-from __future__ import annotations
-
 import json
 from datetime import datetime, timezone as dt_timezone
 from typing import Any, Literal
 from uuid import UUID
 
 from django.http import HttpRequest
-from ninja import Field, NinjaAPI, Query, Router, Schema
+from ninja import Field, NinjaAPI, Query, Router, Schema, Status
 from ninja.errors import HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.pagination import LimitOffsetPagination, paginate
@@ -186,8 +184,8 @@ def submit_job(request, payload: JobIn):
         raise NinjaValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
     job = outcome.job
     if not outcome.created or job.is_finished:
-        return 200, _with_result(job)
-    return 202, job
+        return Status(200, _with_result(job))
+    return Status(202, job)
 
 
 @router.get("/jobs", response=list[JobOut], summary="List jobs, newest first")
@@ -213,7 +211,7 @@ def cancel_job(request, job_id: UUID):
              summary="Run a failed or cancelled job again")
 def retry_job(request, job_id: UUID):
     try:
-        return 202, services.job_retry(job=_get_or_404(request, job_id))
+        return Status(202, services.job_retry(job=_get_or_404(request, job_id)))
     except services.JobStateError as exc:
         raise HttpError(409, str(exc)) from None
 
@@ -249,7 +247,7 @@ def queue_state(request):
     try:
         snap = gauge.snapshot(max_age=0)
     except BrokerUnavailable as exc:
-        return 503, {"detail": f"the message broker is not answering: {exc}"}
+        return Status(503, {"detail": f"the message broker is not answering: {exc}"})
     return {
         "accepting": not snap.total_closed and not any(q.closed for q in snap.queues.values()),
         "total_depth": snap.total_depth,

@@ -216,3 +216,64 @@ class TimelineEntry(models.Model):
 
     def __str__(self):
         return f"post {self.post_id} for {self.reader_id}"
+
+
+class JobRollup(models.Model):
+    """Finished jobs of one kind over one period: counts by outcome, wait and run time summaries.
+
+    A job is placed in the period of its finished_at. Wait and run times are known only for
+    jobs that started (a job cancelled while queued has neither); the histograms count those
+    jobs per fixed bucket (jobs.aggregation.BUCKET_EDGES), which is what p50 and p95 come from.
+    """
+
+    kind = models.CharField(max_length=100)
+    period_start = models.DateTimeField(help_text="Start of the period (UTC).")
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    started = models.PositiveIntegerField(default=0, help_text="Finished jobs that had started: those with times.")
+    wait_sum = models.FloatField(default=0.0, help_text="Seconds.")
+    wait_max = models.FloatField(default=0.0, help_text="Seconds.")
+    wait_histogram = models.JSONField(default=dict, blank=True, help_text="{bucket index: jobs} of wait times.")
+    run_sum = models.FloatField(default=0.0, help_text="Seconds.")
+    run_max = models.FloatField(default=0.0, help_text="Seconds.")
+    run_histogram = models.JSONField(default=dict, blank=True, help_text="{bucket index: jobs} of run times.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["-period_start", "kind"]
+
+    def __str__(self):
+        return f"{self.kind} {self.period_start:%Y-%m-%d %H:%M}: {self.finished} finished"
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.cancelled
+
+
+class JobMinuteRollup(JobRollup):
+    """Per-minute rollup of finished jobs per kind."""
+
+    class Meta(JobRollup.Meta):
+        constraints = [models.UniqueConstraint(fields=["period_start", "kind"], name="rollup_minute_uniq")]
+
+
+class JobHourRollup(JobRollup):
+    """Per-hour rollup of finished jobs per kind, the sum of that hour's minute rollups."""
+
+    class Meta(JobRollup.Meta):
+        constraints = [models.UniqueConstraint(fields=["period_start", "kind"], name="rollup_hour_uniq")]
+
+
+class RollupWatermark(models.Model):
+    """How far aggregation has read the jobs: every job up to (finished_at, job_id) is in the rollups."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    job_id = models.UUIDField(null=True, blank=True)
+    jobs_counted = models.PositiveBigIntegerField(default=0, help_text="Jobs folded into the rollups so far.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.name} up to {self.finished_at}"

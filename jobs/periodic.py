@@ -1,25 +1,47 @@
-"""Beat jobs: publishing scheduled jobs, recovering lost ones, retention; and installing their schedules."""
+"""Beat jobs: scheduled and user-scheduled jobs, aggregation, lost-job recovery, retention; and their schedules."""
 from __future__ import annotations
 
 import json
 import logging
 from datetime import timedelta
 
+import redis
 from celery import shared_task
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from . import services
-from .backpressure import broker_list_names, gauge
-from .models import Job
+from . import aggregation, services
+from .backpressure import BrokerUnavailable, broker_list_names, gauge
+from .models import Job, JobMinuteRollup
+from .registry import get_kind
 
 logger = logging.getLogger(__name__)
 
 # Periodic tasks jump the queue (Redis serves priority 0 first) and expire rather than pile up
 # while no worker is there to run them.
 PERIODIC_OPTIONS = {"priority": 0}
+# The task a user schedule runs: it submits one job of the kind named in its kwargs.
+SCHEDULED_JOB_TASK = "jobs.periodic.submit_scheduled_job"
+# Redis hashes of what the periodic work did: events, and refused runs per schedule.
+COUNTERS_KEY = "jobs:periodic"
+REFUSED_BY_SCHEDULE_KEY = "jobs:schedules:refused"
+
+
+def count_event(event: str, n: int = 1, *, schedule: str | None = None) -> None:
+    """Add to the periodic counters; a counter lost with Redis is only a number, the log keeps the line."""
+    if not n:
+        return
+    try:
+        pipe = gauge.redis.pipeline(transaction=False)
+        pipe.hincrby(COUNTERS_KEY, event, n)
+        if schedule is not None:
+            pipe.hincrby(REFUSED_BY_SCHEDULE_KEY, schedule, n)
+        pipe.execute()
+    except redis.RedisError:
+        logger.warning("could not count periodic event %s", event)
 
 
 @shared_task(name="jobs.periodic.publish_due_jobs", ignore_result=True)
@@ -29,6 +51,63 @@ def publish_due_jobs() -> int:
     if count:
         logger.info("published due jobs count=%s", count)
     return count
+
+
+def submit_for_schedule(*, schedule_name: str, kind: str, params: dict | None, owner: str | None,
+                        run_id: str | None) -> str:
+    """Submit one run of a user schedule through the submit service, unless back pressure refuses it.
+
+    A refused or invalid run is logged and counted, never dropped silently. `run_id` (the
+    beat message's id) is the idempotency key, so that a redelivered message is one job.
+    """
+    job_kind = get_kind(kind)
+    if job_kind is None:
+        logger.error("scheduled run skipped: unknown job kind schedule=%r kind=%r", schedule_name, kind)
+        count_event("schedule_invalid")
+        return "invalid"
+    user = None
+    if owner:
+        user = get_user_model().objects.filter(username=owner, is_active=True).first()
+        if user is None:
+            logger.error("scheduled run skipped: owner %r is not an active user schedule=%r", owner, schedule_name)
+            count_event("schedule_invalid")
+            return "invalid"
+    if not job_kind.inline:
+        try:
+            refusal = gauge.snapshot().refusal_for(job_kind.queue)
+            reason = None if refusal is None else (
+                f"queue {refusal.name} full: depth {refusal.depth}, limit {refusal.limit}")
+        except BrokerUnavailable as exc:
+            reason = f"broker unavailable: {exc}"
+        if reason is not None:
+            logger.warning("scheduled run refused schedule=%r kind=%s reason=%r", schedule_name, kind, reason)
+            count_event("schedule_refused", schedule=schedule_name or kind)
+            return "refused"
+    try:
+        outcome = services.job_submit(
+            user=user, kind=kind, params=params or {}, schedule_name=schedule_name[:200],
+            idempotency_key=f"schedule:{run_id}" if run_id else None,
+        )
+    except services.JobInputError as exc:
+        logger.error("scheduled run skipped: invalid parameters schedule=%r kind=%s error=%s", schedule_name, kind,
+                     exc)
+        count_event("schedule_invalid")
+        return "invalid"
+    count_event("schedule_submitted")
+    return f"submitted {outcome.job.id}"
+
+
+@shared_task(name=SCHEDULED_JOB_TASK, bind=True, ignore_result=True)
+def submit_scheduled_job(self, kind: str, params: dict | None = None, owner: str | None = None) -> str:
+    # django-celery-beat names the schedule in a header of every message it sends.
+    schedule_name = getattr(self.request, "periodic_task_name", None) or ""
+    return submit_for_schedule(schedule_name=schedule_name, kind=kind, params=params, owner=owner,
+                               run_id=self.request.id)
+
+
+@shared_task(name="jobs.periodic.aggregate_job_stats", ignore_result=True)
+def aggregate_job_stats() -> int:
+    return aggregation.aggregate_jobs().jobs
 
 
 def broker_message_ids(queues: list[str]) -> set[str] | None:
@@ -69,7 +148,7 @@ def recover_jobs(*, stale_after: float | None = None, now=None) -> dict[str, int
     """Republish queued jobs whose message is gone; retry or fail running jobs whose worker is gone."""
     now = now or timezone.now()
     stale_after = settings.JOBS_RECOVERY_AFTER_SECONDS if stale_after is None else stale_after
-    counts = {"republished": 0, "stuck_released": 0}
+    counts = {"republished": 0, "stuck_released": 0, "stuck_retried": 0, "stuck_failed": 0}
     stale = list(Job.objects.stale_queued(now - timedelta(seconds=stale_after)).order_by("published_at")[:5000])
     if stale:
         present = broker_message_ids(sorted({j.queue for j in stale}))
@@ -77,10 +156,23 @@ def recover_jobs(*, stale_after: float | None = None, now=None) -> dict[str, int
             if present is None or str(job.id) not in present:
                 counts["republished"] += services.job_republish(job=job)
     for job in Job.objects.running_past_lease(now)[:1000]:
-        if services.job_fail_stuck(job=job, error="worker lost: the job ran past its time limit without finishing"):
-            counts["stuck_released"] += 1
+        outcome = services.job_fail_stuck(
+            job=job, error="worker lost: the job ran past its time limit without finishing")
+        if outcome is None:
+            continue
+        counts["stuck_released"] += 1
+        if outcome.retry_in is None:
+            counts["stuck_failed"] += 1
+        else:
+            # The dead worker's message comes back only after the visibility timeout: send a new
+            # one now. Whichever arrives second is dropped at claim.
+            services.job_republish(job=job)
+            counts["stuck_retried"] += 1
     if any(counts.values()):
-        logger.warning("recovery republished=%(republished)s stuck_released=%(stuck_released)s", counts)
+        logger.warning("recovery republished=%(republished)s stuck_retried=%(stuck_retried)s "
+                       "stuck_failed=%(stuck_failed)s", counts)
+        for event in ("republished", "stuck_retried", "stuck_failed"):
+            count_event(event, counts[event])
     return counts
 
 
@@ -90,7 +182,10 @@ def recover_lost_jobs() -> dict[str, int]:
 
 
 def delete_expired(*, days: int | None = None, batch_size: int = 1000) -> int:
-    """Delete finished jobs (and their results) older than the retention, batch by batch."""
+    """Delete finished jobs (and their results) older than the retention, batch by batch.
+
+    Hourly rollups are kept: they are what remains of the deleted jobs.
+    """
     days = settings.JOBS_RETENTION_DAYS if days is None else days
     cutoff = timezone.now() - timedelta(days=days)
     deleted = 0
@@ -103,6 +198,7 @@ def delete_expired(*, days: int | None = None, batch_size: int = 1000) -> int:
             Job.objects.filter(id__in=ids).delete()
         deleted += len(ids)
     TaskResult.objects.filter(date_done__lt=cutoff).delete()  # results of non-job tasks
+    JobMinuteRollup.objects.filter(period_start__lt=cutoff).delete()
     if deleted:
         logger.info("retention deleted=%s older_than_days=%s", deleted, days)
     return deleted
@@ -118,6 +214,11 @@ PLATFORM_SCHEDULES = {
     "Publish due scheduled jobs": (
         "jobs.periodic.publish_due_jobs", {"every": 2},
         "run_at is honoured within about two seconds; each run is one indexed query when nothing is due",
+    ),
+    "Aggregate job statistics": (
+        "jobs.periodic.aggregate_job_stats", {"every": 30},
+        "the stats are per minute and settle 30 seconds behind the clock anyway; a run with nothing new "
+        "is two indexed reads",
     ),
     "Recover lost jobs": (
         "jobs.periodic.recover_lost_jobs", {"every": 30},

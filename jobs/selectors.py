@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone as dt_timezone
 
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from .models import ApiToken, Job
+from .models import ApiToken, Job, JobError
 
 
 def job_list(*, user, status: str | None = None, kind: str | None = None) -> QuerySet[Job]:
@@ -63,3 +67,125 @@ def api_token_user(*, plain: str):
 
 def api_tokens_of(*, user) -> QuerySet[ApiToken]:
     return ApiToken.objects.filter(user=user)
+
+
+# --- The dashboard --------------------------------------------------------------------
+
+DASHBOARD_PAGE_SIZE = 50
+# Counts per status stop here: exact counts of a million rows cost a scan on every page.
+STATUS_COUNT_CAP = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a job list, with keyset cursors to its neighbours (None at either end)."""
+
+    jobs: list[Job]
+    older: str | None
+    newer: str | None
+
+
+def job_cursor(job: Job) -> str:
+    """A position in the (created_at, id) order, exact to the microsecond."""
+    micros = (job.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{job.id.hex}"
+
+
+def _parse_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    if not cursor:
+        return None
+    micros, _, hex_id = cursor.partition(".")
+    try:
+        return _EPOCH + timedelta(microseconds=int(micros)), uuid.UUID(hex=hex_id)
+    except (ValueError, OverflowError):
+        return None
+
+
+def job_id_prefix_range(text: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The ids starting with `text` (hex digits, dashes ignored) as an index-friendly range."""
+    digits = text.strip().lower().replace("-", "")
+    if not digits or len(digits) > 32 or any(c not in "0123456789abcdef" for c in digits):
+        return None
+    return uuid.UUID(hex=digits.ljust(32, "0")), uuid.UUID(hex=digits.ljust(32, "f"))
+
+
+def job_page(*, user, status: str | None = None, kind: str | None = None, id_prefix: str | None = None,
+             older_than: str | None = None, newer_than: str | None = None,
+             size: int = DASHBOARD_PAGE_SIZE) -> JobPage:
+    """A page of the user's jobs, newest first, by keyset on (created_at, id): no OFFSET, no COUNT.
+
+    A search that is not a hex id prefix matches nothing.
+    """
+    qs = job_list(user=user, status=status, kind=kind)
+    if id_prefix:
+        bounds = job_id_prefix_range(id_prefix)
+        if bounds is None:
+            return JobPage([], None, None)
+        qs = qs.filter(id__range=bounds)
+    after, before = _parse_cursor(older_than), _parse_cursor(newer_than)
+    if before is not None and after is None:
+        at, pk = before
+        # `created_at >= at` alone is a range the index serves; the OR only settles ties.
+        rows = list(qs.filter(Q(created_at__gte=at), Q(created_at__gt=at) | Q(id__gt=pk))
+                    .order_by("created_at", "id")[: size + 1])
+        has_newer = len(rows) > size
+        jobs = rows[:size][::-1]
+        return JobPage(jobs, job_cursor(jobs[-1]) if jobs else None,
+                       job_cursor(jobs[0]) if jobs and has_newer else None)
+    if after is not None:
+        at, pk = after
+        qs = qs.filter(Q(created_at__lte=at), Q(created_at__lt=at) | Q(id__lt=pk))
+    rows = list(qs[: size + 1])
+    jobs = rows[:size]
+    return JobPage(jobs, job_cursor(jobs[-1]) if len(rows) > size else None,
+                   job_cursor(jobs[0]) if jobs and after is not None else None)
+
+
+def job_status_counts_capped(*, user, kind: str | None = None, cap: int = STATUS_COUNT_CAP) -> dict[str, int]:
+    """Jobs per status, each counted up to cap + 1 (shown as "1000+"): one bounded index range per status."""
+    qs = job_list(user=user, kind=kind).order_by()
+    return {status: qs.filter(status=status)[: cap + 1].count() for status in Job.Status.values}
+
+
+def job_errors(*, job: Job) -> list[JobError]:
+    """The job's failed runs, oldest first."""
+    return list(job.errors.all())
+
+
+def api_token_get(*, user, token_id: int) -> ApiToken | None:
+    return api_tokens_of(user=user).filter(pk=token_id).first()
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    name: str
+    queues: list[str]
+
+
+WORKERS_CACHE_SECONDS = 5.0
+_workers_lock = threading.Lock()
+_workers_cache: dict = {"at": float("-inf"), "value": None}
+
+
+def workers_online(*, max_age: float = WORKERS_CACHE_SECONDS, timeout: float = 0.5) -> list[WorkerInfo] | None:
+    """Workers answering a broadcast, with the queues they consume; None when the broker does not answer.
+
+    A broadcast waits its whole timeout for replies, so one answer is shared by every
+    request in this process for `max_age` seconds.
+    """
+    from celery import current_app
+
+    with _workers_lock:
+        if time.monotonic() - _workers_cache["at"] < max_age:
+            return _workers_cache["value"]
+        try:
+            replies = current_app.control.inspect(timeout=timeout).active_queues() or {}
+            value = sorted(
+                (WorkerInfo(name, sorted(q["name"] for q in queues)) for name, queues in replies.items()),
+                key=lambda w: w.name,
+            )
+        except Exception:  # noqa: BLE001 - any broker failure means no worker can be known to be online
+            value = None
+        _workers_cache.update(at=time.monotonic(), value=value)
+        return value

@@ -1,20 +1,327 @@
-"""The dashboard (HTML): thin views over selectors and services."""
+"""The dashboard (HTML): thin views over selectors and services; htmx requests get the page's live part only."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from urllib.parse import urlencode
+
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
-from . import selectors
+from . import forms, selectors, services
+from .backpressure import BrokerUnavailable, gauge
+from .models import Job
+from .registry import all_kinds, get_kind
+
+STATUS_ORDER = [Job.Status.QUEUED, Job.Status.RUNNING, Job.Status.RETRYING, Job.Status.SUCCEEDED,
+                Job.Status.FAILED, Job.Status.CANCELLED]
+# Tables of records longer than this show their first rows; the raw JSON has them all.
+RESULT_TABLE_ROWS = 500
+RAW_JSON_CHARS = 200_000
+
+
+def _not_found(request, what: str = "job"):
+    return render(request, "jobs/not_found.html", {"what": what}, status=404)
+
+
+def _wants_part(request, target: str) -> bool:
+    return bool(request.htmx) and request.htmx.target == target
+
+
+# --- Jobs -----------------------------------------------------------------------------
+
+
+def _list_url(**query) -> str:
+    query = {k: v for k, v in query.items() if v}
+    return reverse("jobs:list") + (f"?{urlencode(query)}" if query else "")
 
 
 @login_required
+@require_GET
 def job_list(request):
-    jobs = list(selectors.job_list(user=request.user)[:50])
-    return render(request, "jobs/list.html", {"jobs": jobs})
+    status = request.GET.get("status") or None
+    if status not in Job.Status.values:
+        status = None
+    kind = request.GET.get("kind") or None
+    if kind is not None and get_kind(kind) is None:
+        kind = None
+    search = request.GET.get("q", "").strip()[:64]
+    page = selectors.job_page(user=request.user, status=status, kind=kind, id_prefix=search or None,
+                              older_than=request.GET.get("older"), newer_than=request.GET.get("newer"))
+    counts = selectors.job_status_counts_capped(user=request.user, kind=kind)
+    titles = {k.name: k.title for k in all_kinds()}
+    for job in page.jobs:
+        job.kind_title = titles.get(job.kind, job.kind)
+    is_first_page = not request.GET.get("older") and not request.GET.get("newer")
+    cap = selectors.STATUS_COUNT_CAP
+    context = {
+        "page": page,
+        "status": status,
+        "kind": kind,
+        "search": search,
+        "kinds": all_kinds(),
+        "status_tabs": [{"status": None, "label": "All", "count": None, "url": _list_url(kind=kind, q=search),
+                         "current": status is None}] + [
+            {"status": s, "label": s.label, "count": f"{cap:,}+" if counts[s] > cap else f"{counts[s]:,}",
+             "url": _list_url(status=s, kind=kind, q=search), "current": status == s}
+            for s in STATUS_ORDER
+        ],
+        "older_url": _list_url(status=status, kind=kind, q=search, older=page.older) if page.older else None,
+        "newer_url": _list_url(status=status, kind=kind, q=search, newer=page.newer) if page.newer else None,
+        "newest_url": _list_url(status=status, kind=kind, q=search) if not is_first_page else None,
+        # New jobs appear on the first page, and unfinished ones change: watch those.
+        "live": is_first_page or any(not job.is_finished for job in page.jobs),
+        "panel_url": request.get_full_path(),
+        "show_owner": request.user.is_staff,
+    }
+    template = "jobs/_jobs_panel.html" if _wants_part(request, "jobs-panel") else "jobs/list.html"
+    return render(request, template, context)
+
+
+# --- Submit ---------------------------------------------------------------------------
 
 
 @login_required
+@require_http_methods(["GET", "POST"])
+def job_new(request):
+    kinds = all_kinds()
+    data = request.POST if request.method == "POST" else None
+    kind = get_kind((data or request.GET).get("kind", "")) or (None if data is not None else kinds[0])
+    options = forms.SubmitOptionsForm(data, initial={"kind": kind.name if kind else ""})
+    params = forms.params_form(kind, data) if kind is not None else None
+    status_code = 200
+    if data is not None:
+        if kind is None:
+            options.add_error(None, "Choose a kind of job to run.")
+        # Both forms are validated, so that every field's error shows at once.
+        elif all([options.is_valid(), params.is_valid()]):
+            try:
+                outcome = services.job_submit(user=request.user, kind=kind.name, params=params.params(),
+                                              priority=options.cleaned_data["priority"],
+                                              run_at=options.cleaned_data["run_at"])
+            except services.JobInputError as exc:
+                forms.apply_input_errors(exc.errors, options=options, params=params)
+            else:
+                url = reverse("jobs:detail", args=[outcome.job.id])
+                return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+        status_code = 422
+    context = {"kinds": kinds, "kind": kind, "options": options, "params_form": params}
+    template = "jobs/_submit_form.html" if request.htmx and data is not None else "jobs/new.html"
+    return render(request, template, context, status=status_code)
+
+
+# --- One job --------------------------------------------------------------------------
+
+
+@dataclass
+class ResultBlock:
+    """One readable piece of a result: a list of fields, a table of records, or JSON text."""
+
+    kind: str
+    title: str = ""
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    total_rows: int = 0
+    text: str = ""
+
+
+def _scalar(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _show(value, key: str = "") -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int) and not key.lower().endswith("id"):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.6g}"
+    return str(value)
+
+
+def _records(value) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(r, dict) and all(_scalar(v) for v in r.values()) for r in value))
+
+
+def _table(title: str, records: list[dict]) -> ResultBlock:
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    rows = [[_show(r.get(c, ""), c) for c in columns] for r in records[:RESULT_TABLE_ROWS]]
+    return ResultBlock("table", title=title, columns=columns, rows=rows, total_rows=len(records))
+
+
+def _json(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)[:RAW_JSON_CHARS]
+
+
+def present(value) -> list[ResultBlock]:
+    """A JSON value laid out for reading: scalars as fields, lists of records as tables, the rest as JSON."""
+    if value is None:
+        return []
+    if _records(value):
+        return [_table("", value)]
+    if not isinstance(value, dict):
+        return [ResultBlock("json", text=_json(value))] if not _scalar(value) else [
+            ResultBlock("fields", fields=[("value", _show(value))])]
+    fields, blocks = [], []
+    for key, item in value.items():
+        if _scalar(item):
+            fields.append((key.replace("_", " "), _show(item, key)))
+        elif _records(item):
+            blocks.append(_table(key.replace("_", " "), item))
+        elif isinstance(item, list) and all(_scalar(v) for v in item) and len(item) <= 20:
+            fields.append((key.replace("_", " "), ", ".join(_show(v) for v in item) or "—"))
+        else:
+            blocks.append(ResultBlock("json", title=key.replace("_", " "), text=_json(item)))
+    return ([ResultBlock("fields", fields=fields)] if fields else []) + blocks
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _job_context(request, job: Job, *, notice: str = "", notice_level: str = "success") -> dict:
+    kind = get_kind(job.kind)
+    result = selectors.job_result_value(job=job) if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED) else None
+    run_late = (job.run_at - job.created_at).total_seconds() > 1
+    return {
+        "job": job,
+        "kind": kind,
+        "kind_title": kind.title if kind else job.kind,
+        "errors": selectors.job_errors(job=job) if job.attempts else [],
+        "params_blocks": present(job.params) if job.params else [],
+        "result": result,
+        "result_blocks": present(result) if job.status == Job.Status.SUCCEEDED else [],
+        "result_json": _json(result) if result is not None else "",
+        "timeline": [
+            ("Queued", job.created_at, ""),
+            *([("Runs after", job.run_at, "")] if run_late else []),
+            ("Started", job.started_at, ""),
+            *([("Next attempt", job.next_attempt_at, "")] if job.next_attempt_at else []),
+            ("Cancelled" if job.cancelled_at else "Finished", job.finished_at, ""),
+            ("Waited", None, _duration(job.wait_seconds) or "—"),
+            ("Ran for", None, _duration(job.run_seconds) or "—"),
+        ],
+        "live": not job.is_finished,
+        "notice": notice,
+        "notice_level": notice_level,
+    }
+
+
+@login_required
+@require_GET
 def job_detail(request, job_id):
     job = selectors.job_get(user=request.user, job_id=job_id)
     if job is None:
-        raise Http404("no such job")
-    return render(request, "jobs/detail.html", {"job": job, "result": selectors.job_result_value(job=job)})
+        return _not_found(request)
+    context = _job_context(request, job)
+    template = "jobs/_job_live.html" if _wants_part(request, "job-live") else "jobs/detail.html"
+    return render(request, template, context)
+
+
+def _job_action(request, job_id, action, done: str):
+    job = selectors.job_get(user=request.user, job_id=job_id)
+    if job is None:
+        return _not_found(request)
+    try:
+        job = action(job=job)
+        notice, level = done, "success"
+    except services.JobStateError as exc:
+        notice, level = f"Not done: {exc}.", "error"
+    if request.htmx:
+        return render(request, "jobs/_job_live.html", _job_context(request, job, notice=notice, notice_level=level))
+    getattr(messages, level)(request, notice)
+    return redirect("jobs:detail", job_id=job.id)
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id):
+    return _job_action(request, job_id, services.job_cancel, "The job was cancelled.")
+
+
+@login_required
+@require_POST
+def job_retry(request, job_id):
+    return _job_action(request, job_id, services.job_retry, "The job was queued again.")
+
+
+# --- Queues ---------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def queues(request):
+    try:
+        snap = gauge.snapshot()
+    except BrokerUnavailable as exc:
+        snap, broker_error = None, str(exc)
+    else:
+        broker_error = ""
+    rows = []
+    if snap is not None:
+        for state in snap.queues.values():
+            rows.append({"state": state, "percent": min(100, round(100 * state.depth / state.limit)) if state.limit else 0})
+    context = {
+        "snapshot": snap,
+        "rows": rows,
+        "total_percent": min(100, round(100 * snap.total_depth / snap.total_limit)) if snap and snap.total_limit else 0,
+        "accepting": snap is not None and not snap.total_closed and not any(q.closed for q in snap.queues.values()),
+        "broker_error": broker_error,
+        "workers": selectors.workers_online(),
+        "submissions": gauge.submission_counts(),
+        "kinds": all_kinds(),
+    }
+    template = "jobs/_queues_panel.html" if _wants_part(request, "queues-panel") else "jobs/queues.html"
+    return render(request, template, context)
+
+
+# --- API tokens -----------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def tokens(request):
+    form = forms.ApiTokenForm(request.POST or None)
+    new_token = None
+    status_code = 200
+    if request.method == "POST":
+        if form.is_valid():
+            token, plain = services.api_token_create(user=request.user, name=form.cleaned_data["name"])
+            # Rendered, not redirected: the plain token exists only in this response.
+            new_token = {"token": token, "plain": plain}
+            form = forms.ApiTokenForm()
+        else:
+            status_code = 422
+    context = {"form": form, "new_token": new_token, "tokens": list(selectors.api_tokens_of(user=request.user))}
+    response = render(request, "jobs/tokens.html", context, status=status_code)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@login_required
+@require_POST
+def token_revoke(request, token_id: int):
+    token = selectors.api_token_get(user=request.user, token_id=token_id)
+    if token is None:
+        return _not_found(request, "token")
+    services.api_token_revoke(token=token)
+    messages.success(request, f"Token {token.prefix}… was revoked; it no longer authenticates.")
+    return redirect("jobs:tokens")

@@ -176,12 +176,14 @@ CELERY_TASK_DEFAULT_PRIORITY = 5  # the middle of 0-9, so that jobs can go above
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows tasks live
 CELERY_TASK_SEND_SENT_EVENT = True  # and when they were sent
 CELERY_TIMEZONE = TIME_ZONE
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "jobs.beat:SingleBeatScheduler"  # the database scheduler, one beat at a time (Redis lock)
 CELERY_RESULT_EXPIRES = None  # retention is ours (JOBS_RETENTION_DAYS), not Celery's default day
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep our log format in worker logs
 
 # --- The platform ---------------------------------------------------------------------
 JOBS_QUEUES = ["default", "cpu", "io"]
+# Modules with a project's own job kinds, imported at start-up beside the built-in ones.
+JOBS_KIND_MODULES = env.list("JOBS_KIND_MODULES", default=[])
 JOBS_QUEUE_LIMIT = env.int("JOBS_QUEUE_LIMIT", default=10_000)
 # Optional per-queue limits, e.g. JOBS_QUEUE_LIMITS=cpu=500,io=2000
 JOBS_QUEUE_LIMITS = {k: int(v) for k, v in env.dict("JOBS_QUEUE_LIMITS", default={}).items()}

@@ -22,6 +22,9 @@ def _platform_uses_test_redis(redis_server):
 
     from jobs.backpressure import gauge
 
+    import tests.kinds_for_tests  # noqa: F401 - the misbehaving kinds; workers load them via JOBS_KIND_MODULES
+
+    settings.STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request otherwise
     settings.REDIS_URL = redis_server.url
     settings.CELERY_BROKER_URL = redis_server.url
     current_app.conf.broker_url = redis_server.url

@@ -104,6 +104,7 @@ class Worker:
             "CELERY_BROKER_URL": redis_url,
             "DATABASE_URL": database_url_for_subprocess(),
             "PYTHONUNBUFFERED": "1",
+            "JOBS_KIND_MODULES": "tests.kinds_for_tests",
             **(env or {}),
         }
         self.args = [

@@ -1,0 +1,51 @@
+"""Job kinds that misbehave on purpose, for tests of limits and faults (loaded via JOBS_KIND_MODULES)."""
+import os
+import time
+
+from pydantic import Field
+
+from jobs.kinds.compute import StrictParams
+from jobs.registry import job_kind
+
+
+class SleepParams(StrictParams):
+    seconds: float = Field(1.0, ge=0, le=600)
+    marker: str = Field("", max_length=200, description="A file to append a line to at each start.")
+
+
+def _mark(path: str) -> None:
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+@job_kind("test_sleep", params=SleepParams, max_attempts=3, soft_time_limit=30, time_limit=40)
+def test_sleep(ctx, params: SleepParams) -> dict:
+    """Wait in small steps, checking for cancellation; notes each start in a marker file."""
+    _mark(params.marker)
+    deadline = time.monotonic() + params.seconds
+    while time.monotonic() < deadline:
+        ctx.progress(int(params.seconds * 1000 - (deadline - time.monotonic()) * 1000), int(params.seconds * 1000))
+        time.sleep(0.02)
+    return {"slept": params.seconds}
+
+
+@job_kind("test_soft_limit", params=SleepParams, max_attempts=2, soft_time_limit=1, time_limit=10)
+def test_soft_limit(ctx, params: SleepParams) -> dict:
+    """Runs past its one-second soft time limit."""
+    time.sleep(params.seconds)
+    return {"slept": params.seconds}
+
+
+@job_kind("test_hard_limit", params=SleepParams, max_attempts=2, soft_time_limit=5, time_limit=2)
+def test_hard_limit(ctx, params: SleepParams) -> dict:
+    """Ignores its soft limit (longer than the hard one) and is killed at its hard limit."""
+    time.sleep(params.seconds)
+    return {"slept": params.seconds}
+
+
+@job_kind("test_poison", params=SleepParams, max_attempts=3)
+def test_poison(ctx, params: SleepParams) -> None:
+    """Kills its own worker process every time it runs."""
+    _mark(params.marker)
+    os._exit(1)
