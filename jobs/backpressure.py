@@ -27,7 +27,6 @@ DRAIN_KEY = "jobs:drained:{second}"
 GATE_KEY = "jobs:gate:{queue}"
 COUNTERS_KEY = "jobs:submissions"
 DRAIN_WINDOW = 10  # seconds of claims the drain rate is averaged over
-RETRY_AFTER_MAX = 300
 
 
 class BrokerUnavailable(Exception):
@@ -61,10 +60,11 @@ class Snapshot:
 
     def retry_after(self, state: QueueState) -> int:
         """Seconds until the depth is likely below the low mark again, from the recent drain rate."""
-        excess = max(1, state.depth - state.low_mark)
+        longest = settings.JOBS_RETRY_AFTER_MAX
         if self.drain_rate <= 0:
-            return 30
-        return max(1, min(RETRY_AFTER_MAX, math.ceil(excess / self.drain_rate)))
+            return max(1, longest)  # nothing drains: no estimate, so the longest wait
+        excess = max(1, state.depth - state.low_mark)
+        return max(1, min(longest, math.ceil(excess / self.drain_rate)))
 
 
 def low_mark(limit: int) -> int:

@@ -191,6 +191,8 @@ JOBS_QUEUE_LIMITS = {k: int(v) for k, v in env.dict("JOBS_QUEUE_LIMITS", default
 JOBS_QUEUE_LOW_WATERMARK = env.float("JOBS_QUEUE_LOW_WATERMARK", default=0.8)
 # How long one process trusts a depth reading; see backpressure.py for the overshoot it allows.
 JOBS_QUEUE_DEPTH_CACHE_SECONDS = env.float("JOBS_QUEUE_DEPTH_CACHE_SECONDS", default=0.25)
+# Bounds of the Retry-After a refusal gives; with no drain observed (workers stopped), the upper one.
+JOBS_RETRY_AFTER_MAX = env.int("JOBS_RETRY_AFTER_MAX", default=60)
 JOBS_MAX_BODY_BYTES = env.int("JOBS_MAX_BODY_BYTES", default=256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = JOBS_MAX_BODY_BYTES
 # A queued job whose message is not in the broker this long after publishing is published again.

@@ -1,0 +1,180 @@
+"""Back pressure: depth from the broker, the gate with its low mark, 503 with Retry-After, reads never refused."""
+import dataclasses
+import socket
+import time
+
+import pytest
+
+from jobs.backpressure import (DRAIN_KEY, BrokerUnavailable, QueueState, Snapshot, amqp_depths, broker_list_names,
+                               gauge)
+from jobs.models import Job
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def small_limit(settings):
+    settings.JOBS_QUEUE_LIMIT = 5
+    settings.JOBS_QUEUE_LOW_WATERMARK = 0.6  # accept again below 3
+    settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 0
+    settings.JOBS_RETRY_AFTER_MAX = 20
+    return settings
+
+
+@pytest.fixture
+def submit(api, django_capture_on_commit_callbacks):
+    """POST a job and run its publish at once, as a committed request would."""
+    def post(payload):
+        with django_capture_on_commit_callbacks(execute=True):
+            return api.post("/api/jobs", payload)
+    return post
+
+
+def fill(submit, n, kind="noop"):
+    return [submit({"kind": kind}).status_code for _ in range(n)]
+
+
+def pop_messages(redis_server, queue, n):
+    client = redis_server.client()
+    for _ in range(n):
+        assert any(client.rpop(name) for name in broker_list_names(queue))
+
+
+def test_depth_counts_every_priority_list_of_every_queue(submit):
+    for priority in (0, 5, 9):
+        submit({"kind": "noop", "priority": priority})
+    submit({"kind": "count_primes"})
+    snap = gauge.snapshot(max_age=0)
+    assert snap.queues["default"].depth == 3 and snap.queues["cpu"].depth == 1 and snap.total_depth == 4
+
+
+def test_submissions_are_refused_at_the_limit_and_accepted_below_the_low_mark(
+        api, submit, small_limit, redis_server):
+    assert fill(submit, 5) == [202] * 5
+    refused = submit({"kind": "noop", "idempotency_key": "refused-one"})
+    assert refused.status_code == 503
+    assert 1 <= int(refused["Retry-After"]) <= 20
+    assert refused.json() == {"error": "queue_full", "queue": "*", "depth": 5, "limit": 5,
+                              "retry_after": int(refused["Retry-After"])}
+    assert not Job.objects.filter(idempotency_key="refused-one").exists()
+
+    # Reads, health, the queue view, the admin login and inline kinds are never refused.
+    assert api.get("/api/jobs").status_code == 200
+    assert api.get("/api/queue").json()["accepting"] is False
+    assert api.client.get("/healthz").status_code == 200
+    assert api.client.get("/admin/login/").status_code == 200
+    assert api.post("/api/jobs", {"kind": "word_count", "params": {"text": "still fine"}}).status_code == 200
+
+    pop_messages(redis_server, "default", 2)  # depth 3: below the limit, not below the low mark
+    assert submit({"kind": "noop"}).status_code == 503
+    pop_messages(redis_server, "default", 1)  # depth 2: below the low mark
+    assert submit({"kind": "noop"}).status_code == 202
+    counts = api.get("/api/queue").json()["submissions"]
+    assert counts["refused_queue_full"] == 2 and counts["accepted"] == 6
+
+
+def test_per_queue_limits_refuse_only_their_queue(submit, settings):
+    settings.JOBS_QUEUE_LIMITS = {"cpu": 2}
+    settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 0
+    assert fill(submit, 2, kind="count_primes") == [202, 202]
+    refused = submit({"kind": "count_primes"})
+    assert refused.status_code == 503 and refused.json()["queue"] == "cpu" and refused.json()["limit"] == 2
+    assert submit({"kind": "noop"}).status_code == 202
+
+
+def test_retry_after_follows_the_drain_rate(settings):
+    settings.JOBS_RETRY_AFTER_MAX = 60
+    state = QueueState("default", depth=1000, limit=1000, low_mark=800, closed=True)
+    assert Snapshot({}, 1000, 1000, True, drain_rate=50.0).retry_after(state) == 4  # 200 over the low mark at 50/s
+    assert Snapshot({}, 1000, 1000, True, drain_rate=0.5).retry_after(state) == 60  # bounded above
+    assert Snapshot({}, 1000, 1000, True, drain_rate=0.0).retry_after(state) == 60  # nothing drains
+    barely = dataclasses.replace(state, depth=801)
+    assert Snapshot({}, 801, 1000, True, drain_rate=1e6).retry_after(barely) == 1  # bounded below
+
+
+def test_drain_rate_is_read_from_the_workers_counters(redis_server):
+    now = int(time.time())
+    client = redis_server.client()
+    for second in (now - 3, now - 2, now - 1):
+        client.set(DRAIN_KEY.format(second=second), 10)
+    assert gauge.snapshot(max_age=0).drain_rate == 3.0  # 30 claims over the 10-second window
+    gauge.record_drained()
+    assert int(client.get(DRAIN_KEY.format(second=int(time.time()))) or 0) >= 1 or \
+        int(client.get(DRAIN_KEY.format(second=int(time.time()) - 1)) or 0) >= 1
+
+
+def test_broker_down_gives_503_saying_so_never_500(api, small_limit, redis_server):
+    redis_server.stop()
+    try:
+        response = api.post("/api/jobs", {"kind": "noop"})
+        assert response.status_code == 503
+        assert response.json()["error"] == "broker_unavailable" and response["Retry-After"]
+        assert Job.objects.count() == 0
+        assert api.client.get("/healthz").status_code == 503
+    finally:
+        redis_server.start()
+
+
+def test_the_form_refusal_is_a_page(client, user, small_limit, submit):
+    fill(submit, 5)
+    client.force_login(user)
+    response = client.post("/jobs/new", {"kind": "noop"})
+    assert response.status_code == 503 and response["Retry-After"]
+    assert b"queue is full" in response.content.lower()
+
+
+def rabbitmq_answers() -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not rabbitmq_answers(), reason="no RabbitMQ answers on 127.0.0.1:5672")
+def test_depth_on_rabbitmq_from_a_passive_declare(settings):
+    import uuid
+
+    from celery import current_app
+    from kombu import Connection, Exchange, Producer, Queue
+
+    url = "amqp://guest:guest@127.0.0.1:5672//"
+    names = [f"depth-test-{uuid.uuid4().hex[:8]}-{i}" for i in range(2)]
+    settings.CELERY_BROKER_URL = url
+    current_app.conf.broker_url = url
+    try:
+        with Connection(url) as conn:
+            channel = conn.channel()
+            queues = [Queue(n, Exchange(n), routing_key=n, channel=channel) for n in names]
+            for q in queues:
+                q.declare()
+            producer = Producer(channel)
+            for _ in range(3):
+                producer.publish({"x": 1}, exchange=names[0], routing_key=names[0])
+            producer.publish({"x": 1}, exchange=names[1], routing_key=names[1])
+            try:
+                from tests.support import wait_for
+
+                missing = f"depth-test-missing-{uuid.uuid4().hex[:6]}"
+                depths = wait_for(lambda: (d := amqp_depths([*names, missing]))[names[0]] == 3 and d, timeout=10,
+                                  message="RabbitMQ to count the messages")
+                assert depths == {names[0]: 3, names[1]: 1, missing: 0}
+            finally:
+                for q in queues:
+                    q.delete()
+    finally:
+        current_app.conf.broker_url = settings.REDIS_URL
+
+
+def test_rabbitmq_down_is_broker_unavailable(settings):
+    from celery import current_app
+
+    from tests.support import free_port
+
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    current_app.conf.broker_url = url
+    try:
+        with pytest.raises(BrokerUnavailable):
+            amqp_depths(["default"])
+    finally:
+        current_app.conf.broker_url = settings.REDIS_URL
