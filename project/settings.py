@@ -129,8 +129,8 @@ X_FRAME_OPTIONS = "DENY"
 # Without REDIS_URL, `make run` starts a private redis-server on a unix socket under var/,
 # so that it can never collide with a Redis the machine already runs.
 BUNDLED_REDIS_SOCKET = VAR_DIR / "redis.sock"
-REDIS_URL = env("REDIS_URL", default=f"unix://{BUNDLED_REDIS_SOCKET}?db=0")
-REDIS_BUNDLED = "REDIS_URL" not in env
+REDIS_BUNDLED = not env("REDIS_URL", default="")  # set but empty counts as unset
+REDIS_URL = f"unix://{BUNDLED_REDIS_SOCKET}?db=0" if REDIS_BUNDLED else env("REDIS_URL")
 
 
 def _kombu_url(redis_url: str) -> str:
@@ -138,7 +138,7 @@ def _kombu_url(redis_url: str) -> str:
     return "redis+socket://" + redis_url.removeprefix("unix://") if redis_url.startswith("unix://") else redis_url
 
 
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default=_kombu_url(REDIS_URL))
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="") or _kombu_url(REDIS_URL)
 
 # The longest hard time limit a kind may set. The Redis visibility timeout must exceed it:
 # a message still unacknowledged after the visibility timeout is handed to another worker.
