@@ -49,3 +49,11 @@ def test_poison(ctx, params: SleepParams) -> None:
     """Kills its own worker process every time it runs."""
     _mark(params.marker)
     os._exit(1)
+
+
+@job_kind("test_terminable", params=SleepParams, max_attempts=1, terminable=True)
+def test_terminable(ctx, params: SleepParams) -> dict:
+    """Blocks without progress checks; cancel has to terminate it."""
+    _mark(params.marker)
+    time.sleep(params.seconds)
+    return {"slept": params.seconds}

@@ -131,3 +131,25 @@ def test_scheduled_job_is_published_when_due(live_worker, user):
     wait_for(lambda: services.jobs_publish_due() == 1, timeout=10, message="the job to fall due")
     done = job_in(job.pk, S.SUCCEEDED)
     assert done.started_at >= done.run_at
+
+
+def test_cancel_terminates_a_running_job_of_a_terminable_kind(live_worker, user, tmp_path):
+    marker = tmp_path / "started"
+    job = services.job_submit(user=user, kind="test_terminable", params={"seconds": 120, "marker": str(marker)}).job
+    job_in(job.pk, S.RUNNING)
+    wait_for(marker.exists, timeout=10, message="the run to start")
+    pid = int(marker.read_text().split()[0])
+    services.job_cancel(job=Job.objects.get(pk=job.pk))
+
+    def process_gone():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+
+    wait_for(process_gone, timeout=20, message="the pool process running the job to be terminated")
+    assert Job.objects.get(pk=job.pk).status == S.CANCELLED
+    assert not TaskResult.objects.filter(task_id=str(job.id)).exists()
+    follow_up = services.job_submit(user=user, kind="noop").job
+    job_in(follow_up.pk, S.SUCCEEDED)
