@@ -25,8 +25,14 @@ run: setup
 test: setup-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup-dev
-	$(PY) bench/run_all.py
+$(VENV)/.installed-bench: $(VENV)/.installed-dev bench/requirements.txt
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	touch $@
+
+# wrk drives the HTTP benchmarks: Debian's package, installed when missing (as root).
+bench: $(VENV)/.installed-bench
+	@command -v wrk >/dev/null || apt-get install -y wrk >/dev/null || (apt-get update >/dev/null && apt-get install -y wrk >/dev/null)
+	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var

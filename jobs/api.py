@@ -4,6 +4,7 @@ from datetime import datetime, timezone as dt_timezone
 from typing import Any, Literal
 from uuid import UUID
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from ninja import Field, NinjaAPI, Query, Router, Schema, Status
 from ninja.errors import HttpError
@@ -259,6 +260,49 @@ def queue_state(request):
     }
 
 
+class TimingOut(Schema):
+    mean: float | None = Field(..., description="Seconds.")
+    p50: float | None = Field(..., description="Seconds, read from histogram buckets (within a bucket's width).")
+    p95: float | None = Field(..., description="Seconds, read from histogram buckets (within a bucket's width).")
+    max: float | None = Field(..., description="Seconds.")
+
+
+class KindStatsOut(Schema):
+    kind: str
+    finished: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    success_rate: float | None = Field(..., description="succeeded / (succeeded + failed); null when neither.")
+    wait: TimingOut = Field(..., description="From due (run_at, or creation if later) to started.")
+    run: TimingOut = Field(..., description="From started to finished.")
+    series: list[int] = Field(..., description="Jobs finished per period, in the order of `periods`.")
+
+
+class StatsOut(Schema):
+    window: Literal["hour", "day"]
+    step_seconds: int = Field(..., description="The length of one period: 60 (hour window) or 3600 (day window).")
+    periods: list[datetime] = Field(..., description="The start of each period, oldest first.")
+    counted_through: datetime | None = Field(..., description="Every job finished up to here is counted.")
+    overall: KindStatsOut
+    kinds: list[KindStatsOut]
+    counters: dict[str, dict[str, int]] = Field(
+        ..., description="Since Redis started: recovery and schedule events, and runs refused per schedule."
+    )
+
+
+class StatsFilters(Schema):
+    window: Literal["hour", "day"] = "hour"
+
+
+@router.get("/stats", response=StatsOut, tags=["stats"], summary="Finished jobs per kind, from the rollups")
+def job_stats(request, filters: Query[StatsFilters]):
+    """Platform-wide counts, success rate and wait/run percentiles per kind over the last hour or day."""
+    from dataclasses import asdict
+
+    return {**asdict(selectors.job_stats(window=filters.window)), "counters": selectors.periodic_counters()}
+
+
 api.add_router("/", router)
 
 
@@ -271,3 +315,12 @@ def validation_error(request, exc: NinjaValidationError):
                     for e in exc.errors]},
         status=422,
     )
+
+
+@api.exception_handler(OperationalError)
+@api.exception_handler(InterfaceError)
+def database_unavailable(request, exc):
+    """503 while the database is down (ninja answers exceptions itself, before any middleware sees them)."""
+    from .middleware import DatabaseUnavailableMiddleware
+
+    return DatabaseUnavailableMiddleware(None).process_exception(request, exc)

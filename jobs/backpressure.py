@@ -19,6 +19,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
 
+from . import metrics
 from .registry import get_kind
 
 logger = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ class QueueGauge:
         return QueueState(queue, depth, limit, low, closed)
 
     def count_submission(self, outcome: str) -> None:
+        metrics.submission_outcome(outcome)  # this host's Prometheus counter; the Redis hash is cluster-wide
         try:
             self.redis.hincrby(COUNTERS_KEY, outcome, 1)
         except redis.RedisError:

@@ -76,6 +76,12 @@ class SingleBeatScheduler(DatabaseScheduler):
         self._leader = held
         return held
 
+    def schedule_changed(self):
+        # django-celery-beat compares the change stamp with the one it saw last, and so misses the
+        # first change made while it had seen none (no schedule had ever been saved).
+        before = self._last_timestamp
+        return super().schedule_changed() or (before is None and self._last_timestamp is not None)
+
     def tick(self, *args, **kwargs):
         if not self._hold_lock():
             return self.standby_poll

@@ -1,6 +1,11 @@
-"""Request-size limit: a body over JOBS_MAX_BODY_BYTES is refused with 413 before anything reads it."""
+"""Request-size limit (413 before anything reads the body), and 503 instead of 500 while the database is down."""
+import logging
+
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
+
+logger = logging.getLogger(__name__)
 
 
 class BodySizeLimitMiddleware:
@@ -21,3 +26,43 @@ class BodySizeLimitMiddleware:
                 return JsonResponse({"error": "body_too_large", "detail": message}, status=413)
             return HttpResponse(message, status=413, content_type="text/plain")
         return self.get_response(request)
+
+
+DATABASE_RETRY_AFTER = 5
+DATABASE_DOWN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Temporarily unavailable</title></head>
+<body><h1>Temporarily unavailable</h1>
+<p>The database is not answering, so nothing was read or saved. Please try again in a few seconds.</p>
+</body></html>
+"""
+
+
+def database_unavailable_response(request) -> HttpResponse:
+    """503 with Retry-After: JSON for the API, a page for the browser that needs no database to render."""
+    if request.path_info.startswith("/api/"):
+        response = JsonResponse({"error": "database_unavailable", "detail": "the database is not answering",
+                                 "retry_after": DATABASE_RETRY_AFTER}, status=503)
+    else:
+        response = HttpResponse(DATABASE_DOWN_PAGE, status=503, content_type="text/html; charset=utf-8")
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER)
+    return response
+
+
+class DatabaseUnavailableMiddleware:
+    """Answers 503, not 500, when a view fails because the database is down, restarting or locked.
+
+    Only connection-level errors count (OperationalError, InterfaceError); an error from a bad
+    query is still a 500. The API's own handler (jobs.api) gives the same answer.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, (OperationalError, InterfaceError)):
+            return None
+        logger.warning("database unavailable path=%s error=%r", request.path_info, str(exception)[:200])
+        return database_unavailable_response(request)

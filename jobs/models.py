@@ -97,6 +97,9 @@ class Job(models.Model):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["owner", "-created_at"], name="job_owner_created_idx"),
+            # A user's jobs of one status or kind: the dashboard's filters and its capped counts per status.
+            models.Index(fields=["owner", "status", "-created_at"], name="job_owner_status_created_idx"),
+            models.Index(fields=["owner", "kind", "-created_at"], name="job_owner_kind_created_idx"),
             models.Index(fields=["-created_at"], name="job_created_idx"),
             models.Index(fields=["status", "-created_at"], name="job_status_created_idx"),
             models.Index(fields=["kind", "-created_at"], name="job_kind_created_idx"),

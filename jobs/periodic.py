@@ -99,8 +99,10 @@ def submit_for_schedule(*, schedule_name: str, kind: str, params: dict | None, o
 
 @shared_task(name=SCHEDULED_JOB_TASK, bind=True, ignore_result=True)
 def submit_scheduled_job(self, kind: str, params: dict | None = None, owner: str | None = None) -> str:
-    # django-celery-beat names the schedule in a header of every message it sends.
-    schedule_name = getattr(self.request, "periodic_task_name", None) or ""
+    # django-celery-beat names the schedule in a header of every message it sends; a worker puts
+    # message headers on the request, an eager apply() keeps them under `headers`.
+    schedule_name = (getattr(self.request, "periodic_task_name", None)
+                     or (self.request.headers or {}).get("periodic_task_name") or "")
     return submit_for_schedule(schedule_name=schedule_name, kind=kind, params=params, owner=owner,
                                run_id=self.request.id)
 

@@ -142,9 +142,13 @@ def job_page(*, user, status: str | None = None, kind: str | None = None, id_pre
                    job_cursor(jobs[0]) if jobs and after is not None else None)
 
 
-def job_status_counts_capped(*, user, kind: str | None = None, cap: int = STATUS_COUNT_CAP) -> dict[str, int]:
-    """Jobs per status, each counted up to cap + 1 (shown as "1000+"): one bounded index range per status."""
-    qs = job_list(user=user, kind=kind).order_by()
+def job_status_counts_capped(*, user, cap: int = STATUS_COUNT_CAP) -> dict[str, int]:
+    """Jobs per status, each counted up to cap + 1 (shown as "1000+").
+
+    One range of the (owner, status) or (status) index per status, read no further than
+    cap + 1 entries and without touching the table.
+    """
+    qs = Job.objects.visible_to(user).order_by().values("status")
     return {status: qs.filter(status=status)[: cap + 1].count() for status in Job.Status.values}
 
 
@@ -189,3 +193,105 @@ def workers_online(*, max_age: float = WORKERS_CACHE_SECONDS, timeout: float = 0
             value = None
         _workers_cache.update(at=time.monotonic(), value=value)
         return value
+
+
+# --- Statistics, read from the rollups ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    mean: float | None
+    p50: float | None
+    p95: float | None
+    max: float | None
+
+
+@dataclass(frozen=True)
+class KindStats:
+    kind: str
+    succeeded: int
+    failed: int
+    cancelled: int
+    finished: int
+    success_rate: float | None  # succeeded / (succeeded + failed)
+    wait: TimingStats
+    run: TimingStats
+    series: list[int]  # jobs finished per period, oldest first
+
+
+@dataclass(frozen=True)
+class JobStats:
+    window: str
+    step_seconds: int
+    periods: list[datetime]  # the start of each period, oldest first
+    kinds: list[KindStats]
+    overall: KindStats
+    counted_through: datetime | None  # every job finished up to here is counted
+
+
+STATS_WINDOWS = {"hour": ("minute", 60), "day": ("hour", 24)}
+
+
+def _timing_stats(timing, started: int) -> TimingStats:
+    if not started:
+        return TimingStats(None, None, None, None)
+    return TimingStats(timing.total / started, timing.quantile(0.5), timing.quantile(0.95), timing.max)
+
+
+def _kind_stats(kind: str, summary, series: list[int]) -> KindStats:
+    return KindStats(kind, summary.succeeded, summary.failed, summary.cancelled, summary.finished,
+                     summary.success_rate, _timing_stats(summary.wait, summary.started),
+                     _timing_stats(summary.run, summary.started), series)
+
+
+def job_stats(*, window: str = "hour", now: datetime | None = None) -> JobStats:
+    """Finished jobs per kind over the last hour (per minute) or day (per hour), from the rollups only."""
+    from .aggregation import WATERMARK, Summary
+    from .models import JobHourRollup, JobMinuteRollup, RollupWatermark
+
+    unit, count = STATS_WINDOWS[window]
+    model = JobMinuteRollup if unit == "minute" else JobHourRollup
+    step = timedelta(minutes=1) if unit == "minute" else timedelta(hours=1)
+    now = now or timezone.now()
+    current = now.replace(second=0, microsecond=0) if unit == "minute" else now.replace(minute=0, second=0,
+                                                                                       microsecond=0)
+    periods = [current - step * (count - 1 - i) for i in range(count)]
+    index = {start: i for i, start in enumerate(periods)}
+    summaries: dict[str, Summary] = {}
+    series: dict[str, list[int]] = {}
+    overall = Summary()
+    for rollup in model.objects.filter(period_start__gte=periods[0], period_start__lte=periods[-1]):
+        summary = Summary.of_rollup(rollup)
+        summaries.setdefault(rollup.kind, Summary()).merge(summary)
+        overall.merge(summary)
+        series.setdefault(rollup.kind, [0] * count)[index[rollup.period_start]] += rollup.finished
+    totals = [sum(column) for column in zip(*series.values())] if series else [0] * count
+    watermark = RollupWatermark.objects.filter(name=WATERMARK).values_list("finished_at", flat=True).first()
+    return JobStats(
+        window=window,
+        step_seconds=int(step.total_seconds()),
+        periods=periods,
+        kinds=[_kind_stats(kind, summaries[kind], series[kind]) for kind in sorted(summaries)],
+        overall=_kind_stats("all", overall, totals),
+        counted_through=watermark,
+    )
+
+
+def periodic_counters() -> dict[str, dict[str, int]]:
+    """What recovery and user schedules did since Redis started: events, and refused runs per schedule."""
+    import redis
+
+    from .backpressure import gauge
+    from .periodic import COUNTERS_KEY, REFUSED_BY_SCHEDULE_KEY
+
+    try:
+        pipe = gauge.redis.pipeline(transaction=False)
+        pipe.hgetall(COUNTERS_KEY)
+        pipe.hgetall(REFUSED_BY_SCHEDULE_KEY)
+        events, refused = pipe.execute()
+    except redis.RedisError:
+        return {"events": {}, "refused_by_schedule": {}}
+    return {
+        "events": {k.decode(): int(v) for k, v in events.items()},
+        "refused_by_schedule": {k.decode(): int(v) for k, v in refused.items()},
+    }

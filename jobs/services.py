@@ -1,6 +1,7 @@
 """Writes: submit, cancel, retry, and the worker's claim, progress and finish. The only place that publishes."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -11,12 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 from pydantic import ValidationError
 
+from . import metrics
 from .logging import log_transition
 from .models import ApiToken, Job, JobError
 from .registry import JobKind, get_kind, hard_time_limit
@@ -111,7 +113,9 @@ def job_submit(
         if idempotency_key is None:
             raise
         return SubmitResult(Job.objects.get(owner=user, idempotency_key=idempotency_key), created=False)
-    log_transition("submitted", job_id=job.id, kind=job.kind, queue=job.queue, run_at=job.run_at.isoformat())
+    log_transition("submitted", job_id=job.id, kind=job.kind, attempt=job.attempts, queue=job.queue,
+                   run_at=job.run_at.isoformat())
+    metrics.job_submitted(kind=job.kind, queue=job.queue)
     if job_kind.inline:
         _run_inline(job, job_kind)
     return SubmitResult(job, created=True)
@@ -131,6 +135,7 @@ def _publish(job: Job) -> None:
             task_id=str(job.id),
             queue=job.queue,
             priority=broker_priority(job.priority),
+            headers=metrics.publish_headers(),
         )
     except Exception as exc:  # noqa: BLE001 - the database keeps the job; recovery republishes it
         logger.warning("publish failed job=%s kind=%s error=%r; left for recovery", job.id, job.kind, exc)
@@ -157,7 +162,7 @@ def job_republish(*, job: Job) -> bool:
     marked = Job.objects.filter(pk=job.pk, status__in=S.claimable()).update(published_at=now)
     if marked:
         _publish(job)
-        log_transition("republished", job_id=job.id, kind=job.kind)
+        log_transition("republished", job_id=job.id, kind=job.kind, attempt=job.attempts)
     return bool(marked)
 
 
@@ -176,7 +181,8 @@ def job_cancel(*, job: Job) -> Job:
         from celery import current_app
 
         current_app.control.revoke(str(job.id), terminate=True, signal="SIGTERM")
-    log_transition("cancelled", job_id=job.id, kind=job.kind)
+    log_transition("cancelled", job_id=job.id, kind=job.kind, attempt=job.attempts)
+    metrics.job_finished(kind=job.kind, queue=job.queue, status=S.CANCELLED)
     job.refresh_from_db()
     return job
 
@@ -211,7 +217,7 @@ def job_retry(*, job: Job) -> Job:
     TaskResult.objects.filter(task_id=str(job.id)).delete()
     job.refresh_from_db()
     transaction.on_commit(lambda: _publish(job))
-    log_transition("retried", job_id=job.id, kind=job.kind)
+    log_transition("retried", job_id=job.id, kind=job.kind, attempt=job.attempts)
     return job
 
 
@@ -226,6 +232,7 @@ def worker_name() -> str:
 class Claim:
     token: uuid.UUID
     started_at: datetime
+    attempt: int = 0  # which run of the job this is, from 1
 
 
 def job_claim(*, job_id: str, kind: JobKind, worker: str) -> Claim | None:
@@ -236,21 +243,71 @@ def job_claim(*, job_id: str, kind: JobKind, worker: str) -> Claim | None:
     """
     now = timezone.now()
     token = uuid.uuid4()
+    lease = now + timedelta(seconds=hard_time_limit(kind) + 5)
+    attempt = _claim_update(job_id=job_id, token=token, worker=worker[:200], now=now, lease=lease)
+    if attempt is None:
+        return None
+    log_transition("running", job_id=job_id, kind=kind.name, attempt=attempt, worker=worker)
+    return Claim(token=token, started_at=now, attempt=attempt)
+
+
+def _claim_update(*, job_id: str, token: uuid.UUID, worker: str, now: datetime, lease: datetime) -> int | None:
+    """The claim's conditional UPDATE; returns the run's attempt number, or None when nothing was claimed.
+
+    On PostgreSQL and SQLite the statement returns the attempt itself (UPDATE ... RETURNING),
+    prepared once: the claim is on every job's path, and the ORM would need a second query.
+    """
+    connection = connections[Job.objects.db]
+    if _update_returning_supported(connection):
+        field = Job._meta.get_field
+        at = field("started_at")
+        params = [
+            S.RUNNING, field("claim_token").get_db_prep_value(token, connection), worker,
+            at.get_db_prep_value(now, connection), at.get_db_prep_value(lease, connection),
+            at.get_db_prep_value(now, connection),
+            Job._meta.pk.get_db_prep_value(job_id, connection), at.get_db_prep_value(now, connection),
+            *S.claimable(), S.RUNNING, at.get_db_prep_value(now, connection),
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(_claim_sql(connection.alias), params)
+            row = cursor.fetchone()
+        return row[0] if row else None
     claimable = Job.objects.filter(pk=job_id, attempts__lt=F("attempt_limit"), run_at__lte=now).filter(_claimable(now))
     claimed = claimable.update(
-        status=S.RUNNING,
-        claim_token=token,
-        attempts=F("attempts") + 1,
-        worker=worker[:200],
-        started_at=now,
-        lease_expires_at=now + timedelta(seconds=hard_time_limit(kind) + 5),
-        next_attempt_at=None,
-        updated_at=now,
+        status=S.RUNNING, claim_token=token, attempts=F("attempts") + 1, worker=worker, started_at=now,
+        lease_expires_at=lease, next_attempt_at=None, updated_at=now,
     )
-    if not claimed:
-        return None
-    log_transition("running", job_id=job_id, kind=kind.name, worker=worker)
-    return Claim(token=token, started_at=now)
+    return Job.objects.filter(pk=job_id).values_list("attempts", flat=True).first() if claimed else None
+
+
+def _update_returning_supported(connection) -> bool:
+    if connection.vendor == "postgresql":
+        return True
+    if connection.vendor == "sqlite":
+        import sqlite3
+
+        return sqlite3.sqlite_version_info >= (3, 35)
+    return False
+
+
+@functools.cache
+def _claim_sql(alias: str) -> str:
+    """The same statement as the ORM's claim (see _claimable), with RETURNING."""
+    quote = connections[alias].ops.quote_name
+
+    def col(name: str) -> str:
+        return quote(Job._meta.get_field(name).column)
+
+    status, attempts = col("status"), col("attempts")
+    return (
+        f"UPDATE {quote(Job._meta.db_table)} SET {status} = %s, {col('claim_token')} = %s, "
+        f"{attempts} = {attempts} + 1, {col('worker')} = %s, {col('started_at')} = %s, "
+        f"{col('lease_expires_at')} = %s, {col('next_attempt_at')} = NULL, {col('updated_at')} = %s "
+        f"WHERE {col('id')} = %s AND {attempts} < {col('attempt_limit')} AND {col('run_at')} <= %s "
+        f"AND ({status} IN ({', '.join(['%s'] * len(S.claimable()))}) "
+        f"OR ({status} = %s AND {col('lease_expires_at')} < %s)) "
+        f"RETURNING {attempts}"
+    )
 
 
 def _claimable(now) -> Q:
@@ -280,6 +337,9 @@ def _store_task_result(*, job_id: str, kind: JobKind, params: dict, status: str,
     backend = current_app.backend
     content_type, content_encoding, encoded = backend.encode_content(result)
     _, _, meta = backend.encode_content({"children": []})
+    # Celery itself may have written a row for this id (a run cancelled when the broker connection
+    # dropped is recorded as RETRY). The caller owns the job's finish, so its result replaces it.
+    TaskResult.objects.filter(task_id=job_id).delete()
     TaskResult.objects.create(
         task_id=job_id,
         task_name=kind.task_name,
@@ -316,7 +376,9 @@ def job_succeed(*, job_id: str, claim: Claim, kind: JobKind, params: dict, resul
         return False
     _store_task_result(job_id=job_id, kind=kind, params=params, status="SUCCESS", result=result,
                        worker=worker, started_at=claim.started_at)
-    log_transition("succeeded", job_id=job_id, kind=kind.name)
+    log_transition("succeeded", job_id=job_id, kind=kind.name, attempt=claim.attempt or None)
+    metrics.job_finished(kind=kind.name, queue=kind.queue, status=S.SUCCEEDED,
+                         run_seconds=(now - claim.started_at).total_seconds())
     return True
 
 
@@ -358,6 +420,7 @@ def job_attempt_failed(
         )
         log_transition("retrying", job_id=job_id, kind=kind.name, attempt=job.attempts, retry_in=f"{delay:.2f}",
                        error=error[:200])
+        metrics.job_retrying(kind=kind.name, queue=job.queue, run_seconds=_run_seconds(job, now))
         return FailureOutcome(retry_in=delay, attempt=job.attempts)
     Job.objects.filter(pk=job.pk).update(
         status=S.FAILED, claim_token=None, lease_expires_at=None, error=error[:2000], finished_at=now,
@@ -367,7 +430,12 @@ def job_attempt_failed(
                        result={"exc_type": "JobFailed", "exc_message": [error[:2000]], "exc_module": "builtins"},
                        traceback=traceback, worker=worker, started_at=job.started_at)
     log_transition("failed", job_id=job_id, kind=kind.name, attempt=job.attempts, error=error[:200])
+    metrics.job_finished(kind=kind.name, queue=job.queue, status=S.FAILED, run_seconds=_run_seconds(job, now))
     return FailureOutcome(retry_in=None, attempt=job.attempts)
+
+
+def _run_seconds(job: Job, now: datetime) -> float | None:
+    return (now - job.started_at).total_seconds() if job.started_at else None
 
 
 def job_fail_stuck(*, job: Job, error: str) -> FailureOutcome | None:

@@ -10,14 +10,26 @@ from typing import Any
 from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_postrun, task_prerun
 from celery.worker.request import Request
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.utils import timezone
 
-from . import services
+from . import metrics, services
 from .backpressure import gauge
 from .models import Job
 from .registry import JobKind, get_kind
 
 logger = logging.getLogger(__name__)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _recycle_db_connections(sender=None, **kwargs) -> None:
+    """Per task what Django does per request: drop a connection that is broken or past CONN_MAX_AGE, keep the rest."""
+    if not getattr(getattr(sender, "request", None), "is_eager", False):
+        close_old_connections()
 
 
 class JobCancelled(Exception):
@@ -35,7 +47,7 @@ class JobContext:
         self.kind = kind
         self._claim = claim
         self._last_write = 0.0
-        self._attempt: int | None = None
+        self._attempt: int | None = claim.attempt if claim is not None and claim.attempt else None
 
     @property
     def attempt(self) -> int:
@@ -52,13 +64,26 @@ class JobContext:
         self._last_write = now
         if self._claim is None:
             return
-        if not services.job_progress(job_id=self.job_id, token=self._claim.token, done=done, total=total,
-                                     message=message):
+        try:
+            current = services.job_progress(job_id=self.job_id, token=self._claim.token, done=done, total=total,
+                                            message=message)
+        except DATABASE_DOWN as exc:
+            # Progress is advice: the run goes on, and the next report tries again.
+            _database_down("progress", self.job_id, exc)
+            return
+        if not current:
             raise JobCancelled(self.job_id)
 
     def check_cancelled(self) -> None:
         """Stop the run now if the job was cancelled; for kinds with long steps between progress."""
-        if self._claim is not None and not services.job_is_current(job_id=self.job_id, token=self._claim.token):
+        if self._claim is None:
+            return
+        try:
+            current = services.job_is_current(job_id=self.job_id, token=self._claim.token)
+        except DATABASE_DOWN as exc:
+            _database_down("cancellation check", self.job_id, exc)
+            return
+        if not current:
             raise JobCancelled(self.job_id)
 
 
@@ -71,36 +96,79 @@ def _json_safe(result: Any) -> Any:
     return result
 
 
+# What a database that is down, restarting, failing over or locked (SQLite) raises; a bug's error is not here.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+
+
+def _database_down(what: str, job_id: str, exc: Exception, retry_in: float | None = None) -> None:
+    logger.warning("database unavailable for %s job=%s retry_in=%s error=%r", what, job_id,
+                   "-" if retry_in is None else f"{retry_in:.2f}", str(exc)[:200])
+    # A connection the server dropped stays broken: the next query opens a new one.
+    if not connection.in_atomic_block:
+        connection.close()
+
+
+def _with_database_retry(write, *, what: str, job_id: str):
+    """Run one of the run's writes, trying again with backoff while the database is down.
+
+    The claim and the finish are conditional on the claim token, so trying again is safe.
+    A finish that still cannot be written after JOBS_DB_RETRY_SECONDS leaves the job running:
+    recovery runs it again once its lease is over.
+    """
+    deadline = time.monotonic() + settings.JOBS_DB_RETRY_SECONDS
+    attempt = 0
+    while True:
+        try:
+            return write()
+        except DATABASE_DOWN as exc:
+            attempt += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            delay = min(left, max(0.1, services.full_jitter_backoff(attempt, base=0.5, cap=5.0)))
+            _database_down(what, job_id, exc, retry_in=delay)
+            time.sleep(delay)
+
+
 def execute_job(*, kind: JobKind, job_id: str, params: dict, worker: str, task: Task | None = None) -> str:
     """Claim, run and finish one job. Returns what happened, for the worker's log and Flower."""
-    claim = services.job_claim(job_id=job_id, kind=kind, worker=worker)
+    claim = _with_database_retry(lambda: services.job_claim(job_id=job_id, kind=kind, worker=worker), what="claim",
+                                 job_id=job_id)
     if claim is None:
         logger.info("dropped message for a job that is not claimable job=%s kind=%s", job_id, kind.name)
         return "dropped: job already running, finished or cancelled"
     gauge.record_drained()
+    metrics.job_claimed(kind=kind.name, queue=kind.queue, request=task.request if task is not None else None)
     ctx = JobContext(job_id=job_id, claim=claim, kind=kind)
     try:
         parsed = kind.params_model.model_validate(params)
         result = _json_safe(kind.func(ctx, parsed))
     except JobCancelled:
         logger.info("run stopped: job cancelled job=%s kind=%s", job_id, kind.name)
+        metrics.run_stopped(kind=kind.name, queue=kind.queue,
+                            run_seconds=(timezone.now() - claim.started_at).total_seconds())
         return "cancelled"
     except SoftTimeLimitExceeded:
         limit = task.soft_time_limit if task is not None else kind.soft_time_limit
-        services.job_attempt_failed(
+        trace = tb.format_exc()
+        _with_database_retry(lambda: services.job_attempt_failed(
             job_id=job_id, token=claim.token, kind=kind, params=params, error=f"timed out after {limit}s",
-            traceback=tb.format_exc(), worker=worker, retryable=False,
-        )
+            traceback=trace, worker=worker, retryable=False,
+        ), what="failure", job_id=job_id)
         raise
     except Exception as exc:
-        outcome = services.job_attempt_failed(
+        trace = tb.format_exc()
+        outcome = _with_database_retry(lambda: services.job_attempt_failed(
             job_id=job_id, token=claim.token, kind=kind, params=params, error=f"{type(exc).__name__}: {exc}",
-            traceback=tb.format_exc(), worker=worker, retryable=isinstance(exc, kind.retry_on),
-        )
+            traceback=trace, worker=worker, retryable=isinstance(exc, kind.retry_on),
+        ), what="failure", job_id=job_id)
         if outcome is not None and outcome.retry_in is not None and task is not None:
             raise task.retry(countdown=outcome.retry_in, exc=exc, max_retries=None) from None
         raise
-    services.job_succeed(job_id=job_id, claim=claim, kind=kind, params=params, result=result, worker=worker)
+    _with_database_retry(
+        lambda: services.job_succeed(job_id=job_id, claim=claim, kind=kind, params=params, result=result,
+                                     worker=worker),
+        what="finish", job_id=job_id)
     return "succeeded"
 
 
@@ -113,8 +181,10 @@ class JobRequest(Request):
             self._fail_run(f"timed out after {timeout}s (hard time limit); its process was killed", retry=False)
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
-        if isinstance(exc_info.exception, WorkerLostError):
-            self._fail_run(f"worker process lost: {exc_info.exception}", retry=True)
+        # The pool hands over the error wrapped with its traceback.
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        if isinstance(exc, WorkerLostError):
+            self._fail_run(f"worker process lost: {exc}", retry=True)
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def _fail_run(self, error: str, *, retry: bool) -> None:

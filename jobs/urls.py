@@ -13,6 +13,7 @@ urlpatterns = [
     path("jobs/<uuid:job_id>/cancel", views.job_cancel, name="cancel"),
     path("jobs/<uuid:job_id>/retry", views.job_retry, name="retry"),
     path("queues", views.queues, name="queues"),
+    path("stats", views.stats, name="stats"),
     path("tokens", views.tokens, name="tokens"),
     path("tokens/<int:token_id>/revoke", views.token_revoke, name="token_revoke"),
 ]

@@ -9,6 +9,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -35,6 +36,19 @@ def _wants_part(request, target: str) -> bool:
 # --- Jobs -----------------------------------------------------------------------------
 
 
+def _ago(when, now) -> str:
+    seconds = (now - when).total_seconds()
+    if seconds < 5:
+        return "just now"
+    if seconds < 60:
+        return f"{int(seconds)} s ago"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min ago"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h ago"
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
 def _list_url(**query) -> str:
     query = {k: v for k, v in query.items() if v}
     return reverse("jobs:list") + (f"?{urlencode(query)}" if query else "")
@@ -52,10 +66,12 @@ def job_list(request):
     search = request.GET.get("q", "").strip()[:64]
     page = selectors.job_page(user=request.user, status=status, kind=kind, id_prefix=search or None,
                               older_than=request.GET.get("older"), newer_than=request.GET.get("newer"))
-    counts = selectors.job_status_counts_capped(user=request.user, kind=kind)
+    counts = selectors.job_status_counts_capped(user=request.user)
     titles = {k.name: k.title for k in all_kinds()}
+    now = timezone.now()
     for job in page.jobs:
         job.kind_title = titles.get(job.kind, job.kind)
+        job.age = _ago(job.created_at, now)
     is_first_page = not request.GET.get("older") and not request.GET.get("newer")
     cap = selectors.STATUS_COUNT_CAP
     context = {
@@ -266,6 +282,10 @@ def job_retry(request, job_id):
 # --- Queues ---------------------------------------------------------------------------
 
 
+def _percent(part: int, whole: int) -> int:
+    return min(100, round(100 * part / whole)) if whole else 100
+
+
 @login_required
 @require_GET
 def queues(request):
@@ -275,19 +295,30 @@ def queues(request):
         snap, broker_error = None, str(exc)
     else:
         broker_error = ""
-    rows = []
-    if snap is not None:
-        for state in snap.queues.values():
-            rows.append({"state": state, "percent": min(100, round(100 * state.depth / state.limit)) if state.limit else 0})
+    rows = [
+        {
+            "name": state.name,
+            "depth": f"{state.depth:,}",
+            "limit": f"{state.limit:,}",
+            "low_mark": f"{state.low_mark:,}",
+            "closed": state.closed,
+            "percent": _percent(state.depth, state.limit),
+            "kinds": [k.name for k in all_kinds() if k.queue == state.name and not k.inline],
+        }
+        for state in (snap.queues.values() if snap else [])
+    ]
     context = {
         "snapshot": snap,
         "rows": rows,
-        "total_percent": min(100, round(100 * snap.total_depth / snap.total_limit)) if snap and snap.total_limit else 0,
-        "accepting": snap is not None and not snap.total_closed and not any(q.closed for q in snap.queues.values()),
+        "total_depth": f"{snap.total_depth:,}" if snap else "",
+        "total_limit": f"{snap.total_limit:,}" if snap else "",
+        "total_percent": _percent(snap.total_depth, snap.total_limit) if snap else 0,
+        "drain_rate": f"{snap.drain_rate:,.1f}" if snap else "",
+        "refusing_all": bool(snap and snap.total_closed),
+        "refusing": [row["name"] for row in rows if row["closed"]],
         "broker_error": broker_error,
         "workers": selectors.workers_online(),
         "submissions": gauge.submission_counts(),
-        "kinds": all_kinds(),
     }
     template = "jobs/_queues_panel.html" if _wants_part(request, "queues-panel") else "jobs/queues.html"
     return render(request, template, context)
@@ -325,3 +356,16 @@ def token_revoke(request, token_id: int):
     services.api_token_revoke(token=token)
     messages.success(request, f"Token {token.prefix}… was revoked; it no longer authenticates.")
     return redirect("jobs:tokens")
+
+
+@login_required
+@require_GET
+def stats(request):
+    """Throughput, success rate and wait/run percentiles per kind, from the rollups (platform-wide)."""
+    from . import charts
+
+    window = request.GET.get("window")
+    window = window if window in selectors.STATS_WINDOWS else "hour"
+    data = selectors.job_stats(window=window)
+    return render(request, "jobs/stats.html", {"stats": data, "charts": charts.stats_charts(data),
+                                               "counters": selectors.periodic_counters()})

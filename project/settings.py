@@ -35,6 +35,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "jobs.middleware.BodySizeLimitMiddleware",
+    "jobs.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -74,15 +75,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         # BEGIN so that two writers queue on the busy timeout instead of failing mid-transaction.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
+        # Seconds a write waits for the lock before "database is locked".
+        "timeout": env.float("DJANGO_SQLITE_TIMEOUT", default=20),
     }
     # A file, not memory, so that the workers and servers tests start can open it too.
     # Named per test run, so that two runs on one machine do not share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-db-{os.getpid()}.sqlite3")}
-else:
-    # Workers and web keep their connection; the health check drops one the server closed.
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Web and workers keep their connection: opening one costs milliseconds (a server process on
+# PostgreSQL; functions and PRAGMAs on SQLite). The health check drops one the server closed.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DJANGO_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -144,6 +146,9 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="") or _kombu_url(REDIS_URL
 # a message still unacknowledged after the visibility timeout is handed to another worker.
 JOBS_MAX_TIME_LIMIT = env.int("JOBS_MAX_TIME_LIMIT", default=3600)
 JOBS_VISIBILITY_TIMEOUT = env.int("JOBS_VISIBILITY_TIMEOUT", default=JOBS_MAX_TIME_LIMIT + 300)
+# How often a worker looks for messages unacknowledged past the visibility timeout (their worker
+# died). kombu scans only every 10th tick of 10 s by default, which adds up to 100 s to recovery.
+JOBS_RESTORE_INTERVAL = env.int("JOBS_RESTORE_INTERVAL", default=10)
 JOBS_PRIORITY_STEPS = list(range(10))
 
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -154,6 +159,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "sep": ":",
     # Strict priority across a worker's queues rather than round robin.
     "queue_order_strategy": "priority",
+    # One indexed ZRANGE per worker per interval; see JOBS_RESTORE_INTERVAL.
+    "unacked_restore_interval": JOBS_RESTORE_INTERVAL,
+    "unacked_restore_throttle": 1,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # processes start before Redis is up under honcho
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # a worker waits out a broker outage instead of exiting
@@ -163,6 +171,10 @@ CELERY_TASK_TRACK_STARTED = True  # tasks other than jobs show STARTED (jobs rec
 CELERY_TASK_ACKS_LATE = True  # acknowledge after the task ran: a worker killed mid-job loses nothing
 CELERY_TASK_REJECT_ON_WORKER_LOST = True  # a pool child killed mid-job requeues its message
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1  # a worker holds no more messages than it runs
+# Celery's Django fixup closes the database connection before and after every task (a reconnect
+# per task); workers instead recycle it per task as Django does per request (jobs/tasks.py), and
+# the fixup only every this many tasks.
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # Stop running tasks when the broker connection is lost: their messages come back anyway,
 # and a second copy must not run beside the first.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
@@ -197,6 +209,9 @@ JOBS_MAX_BODY_BYTES = env.int("JOBS_MAX_BODY_BYTES", default=256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = JOBS_MAX_BODY_BYTES
 # A queued job whose message is not in the broker this long after publishing is published again.
 JOBS_RECOVERY_AFTER_SECONDS = env.int("JOBS_RECOVERY_AFTER_SECONDS", default=60)
+# How long a worker keeps trying to claim or finish a job while the database is down (a restart
+# or failover), before leaving it to recovery. Counts against the kind's time limit.
+JOBS_DB_RETRY_SECONDS = env.int("JOBS_DB_RETRY_SECONDS", default=60)
 JOBS_RETENTION_DAYS = env.int("JOBS_RETENTION_DAYS", default=30)
 # user:password for Flower; `make run` generates one (kept in var/) when unset.
 FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default=None)
@@ -206,6 +221,15 @@ FLOWER_URL = env("FLOWER_URL", default=f"http://127.0.0.1:{env.int('FLOWER_PORT'
 DJANGO_SUPERUSER_USERNAME = env("DJANGO_SUPERUSER_USERNAME", default="admin")
 DJANGO_SUPERUSER_PASSWORD = env("DJANGO_SUPERUSER_PASSWORD", default=None)
 JOBS_LOG_FORMAT = env("JOBS_LOG_FORMAT", default="keyvalue")  # or "json"
+
+# Metrics: every process of this host writes its counters here and GET /metrics adds them up
+# (prometheus-client's multiprocess mode, chosen from the environment when it is imported).
+# One directory per host or container, never shared between hosts. See jobs/metrics.py.
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "prometheus"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+# A host running workers but no web server serves its metrics on this port (0: not served).
+JOBS_METRICS_PORT = env.int("JOBS_METRICS_PORT", default=0)
+JOBS_METRICS_ADDR = env("JOBS_METRICS_ADDR", default="127.0.0.1")
 
 LOGGING = {
     "version": 1,

@@ -1,10 +1,18 @@
 """Fixtures: a private Redis on a free loopback port, real Celery workers, users and API clients."""
 from __future__ import annotations
 
+import os
+
 import pytest
 from django.conf import settings
 
-from tests.support import RedisServer, Worker
+from tests.support import LOG_DIR, RedisServer, Worker
+
+# This run's metrics files (its own and those of the workers it starts) go to a directory of its
+# own, not to var/prometheus of a platform running from the same checkout. No metric value exists
+# yet: prometheus-client opens a process's files when a value is first used.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(LOG_DIR / f"metrics-{os.getpid()}")
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
 @pytest.fixture(scope="session")

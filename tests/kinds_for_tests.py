@@ -2,6 +2,7 @@
 import os
 import time
 
+from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import Field
 
 from jobs.kinds.compute import StrictParams
@@ -37,10 +38,15 @@ def test_soft_limit(ctx, params: SleepParams) -> dict:
     return {"slept": params.seconds}
 
 
-@job_kind("test_hard_limit", params=SleepParams, max_attempts=2, soft_time_limit=5, time_limit=2)
+@job_kind("test_hard_limit", params=SleepParams, max_attempts=2, soft_time_limit=1, time_limit=2)
 def test_hard_limit(ctx, params: SleepParams) -> dict:
-    """Ignores its soft limit (longer than the hard one) and is killed at its hard limit."""
-    time.sleep(params.seconds)
+    """Ignores its soft limit and is killed at its hard limit."""
+    deadline = time.monotonic() + params.seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except SoftTimeLimitExceeded:
+            continue
     return {"slept": params.seconds}
 
 
@@ -54,6 +60,22 @@ def test_poison(ctx, params: SleepParams) -> None:
 @job_kind("test_terminable", params=SleepParams, max_attempts=1, terminable=True)
 def test_terminable(ctx, params: SleepParams) -> dict:
     """Blocks without progress checks; cancel has to terminate it."""
+    _mark(params.marker)
+    time.sleep(params.seconds)
+    return {"slept": params.seconds}
+
+
+@job_kind("test_short_lease", params=SleepParams, max_attempts=3, soft_time_limit=3, time_limit=4)
+def test_short_lease(ctx, params: SleepParams) -> dict:
+    """Sleeps within a four-second hard limit: its lease (limit + 5 s) ends before a short visibility timeout."""
+    _mark(params.marker)
+    time.sleep(params.seconds)
+    return {"slept": params.seconds}
+
+
+@job_kind("test_busy", params=SleepParams, max_attempts=3, soft_time_limit=15, time_limit=16)
+def test_busy(ctx, params: SleepParams) -> dict:
+    """Keeps a worker busy for a while; a lease of 21 s lets recovery take it over soon after its worker is gone."""
     _mark(params.marker)
     time.sleep(params.seconds)
     return {"slept": params.seconds}

@@ -1,0 +1,174 @@
+"""Submit latency: POST /api/jobs under gunicorn, at its measured maximum and at 50% and 90% of it,
+against a view that returns a constant on the same server (the ceiling) and a view that does one
+bare `.delay()` (hand-wired Celery). wrk on loopback; SQLite and PostgreSQL.
+
+The server is the Procfile's web line (gunicorn, 2 sync workers, access log) with the bench-only
+URLconf (bench/urls.py). No worker runs: the queue limit is raised so that nothing is refused,
+and what is measured is the request, not the draining.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+NAME = "submit_latency"
+SUBMIT_BODY = json.dumps({"kind": "noop", "params": {}})
+ENDPOINTS = {
+    "constant": {"path": "/bench/constant", "method": "GET", "label": "constant view (ceiling)"},
+    "submit": {"path": "/api/jobs", "method": "POST", "label": "POST /api/jobs (platform)"},
+    "delay": {"path": "/bench/delay", "method": "POST", "label": "view doing one bare .delay()"},
+}
+
+
+def measure(engine: str, args) -> dict:
+    redis = common.RedisServer(NAME)
+    db = common.Database(engine, NAME)
+    web = None
+    try:
+        env = common.platform_env(database_url=db.url, redis_url=redis.url, JOBS_QUEUE_LIMIT=str(10**9),
+                                  CELERY_BROKER_URL=redis.url)
+        db.migrate(env)
+        token = common.create_user_token(env, "bench")
+        web, base = common.start_web(env, name=f"{NAME}-{engine}")
+        setup = {"database": db.version(), "redis": f"Redis {redis.version()} on loopback, no persistence"}
+
+        def run(name: str, *, rate: float | None = None, connections: int | None = None,
+                seconds: float | None = None) -> dict:
+            endpoint = ENDPOINTS[name]
+            body = SUBMIT_BODY if endpoint["method"] == "POST" else ""
+            return common.wrk(base + endpoint["path"], seconds=seconds or args.seconds, method=endpoint["method"],
+                              body=body,
+                              token=token if name == "submit" else "", rate=rate,
+                              connections=connections or args.connections)
+
+        for name in ENDPOINTS:  # both gunicorn processes import and connect before anything is timed
+            run(name, connections=4, seconds=1)
+        results = {"max": {}, "paced": {}}
+        for name in ENDPOINTS:
+            results["max"][name] = run(name)
+            print(f"  {engine} max {name:8s} {results['max'][name]['rate']:7.0f} req/s "
+                  f"p99 {results['max'][name]['p99_ms']:.1f} ms", flush=True)
+        for name in ("constant", "submit"):
+            results["paced"][name] = {}
+            for share in (0.5, 0.9):
+                rate = results["max"][name]["rate"] * share
+                paced = run(name, rate=rate, connections=args.paced_connections)
+                results["paced"][name][str(share)] = paced
+                print(f"  {engine} {int(share * 100)}% {name:8s} target {rate:6.0f}/s got {paced['rate']:6.0f}/s "
+                      f"p50 {paced['p50_ms']:.1f} ms p99 {paced['p99_ms']:.1f} ms", flush=True)
+        return {"setup": setup, **results}
+    finally:
+        if web is not None:
+            web.stop()
+        redis.stop()
+        db.drop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3 if common.quick() else 10, help="length of each wrk run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections for the maximum")
+    parser.add_argument("--paced-connections", type=int, default=16, help="wrk connections for the paced runs")
+    args = parser.parse_args()
+    if common.wrk_path() is None:
+        sys.exit("wrk is not installed (Debian: apt-get install -y wrk); `make bench` installs it")
+
+    engines, skipped = common.engines()
+    results = {}
+    for engine in engines:
+        print(f"{engine}: wrk {args.seconds:.0f} s per run", flush=True)
+        results[engine] = measure(engine, args)
+
+    summary = []
+    for engine, r in results.items():
+        ceiling, submit, delay = (r["max"][n]["rate"] for n in ("constant", "submit", "delay"))
+        half = r["paced"]["submit"]["0.5"]
+        summary.append({
+            "metric": f"POST /api/jobs max throughput, {engine}",
+            "value": f"{submit:.0f} req/s",
+            "baseline": f"{ceiling:.0f} req/s constant view; {delay:.0f} req/s bare `.delay()` view",
+            "ratio": round(submit / ceiling, 2),
+            "target": ">= 0.5 x the constant view",
+            "ok": submit / ceiling >= 0.5,
+        })
+        summary.append({
+            "metric": f"POST /api/jobs p99 at 50% load, {engine}",
+            "value": f"{half['p99_ms']:.1f} ms (p50 {half['p50_ms']:.1f} ms)",
+            "baseline": f"{r['paced']['constant']['0.5']['p99_ms']:.1f} ms constant view at 50% of its max",
+            "ratio": round(half["p99_ms"] / r["paced"]["constant"]["0.5"]["p99_ms"], 2),
+            "target": "p99 < 25 ms",
+            "ok": half["p99_ms"] < 25,
+        })
+    chart = draw(results)
+    common.write_result(NAME, {
+        "title": "Submit latency: POST /api/jobs vs a constant view, same gunicorn",
+        "command": common.command_line(),
+        "setup": {
+            "machine": common.machine(),
+            "server": "the Procfile's web line: gunicorn, 2 sync workers, access log to a file; DEBUG off",
+            "load": f"wrk -t2 -c{args.connections} for the maximum; paced runs: wrk -c{args.paced_connections} "
+                    f"with a per-connection delay; {args.seconds:.0f} s each; loopback",
+            "worker": "none (the queue limit is raised so that nothing is refused)",
+            "databases": {e: r["setup"] for e, r in results.items()},
+            "skipped": skipped,
+        },
+        "results": results,
+        "summary": summary,
+        "charts": [chart.name] if chart else [],
+    })
+
+
+def draw(results: dict):
+    if not results:
+        return None
+    plt = common.pyplot()
+    engines = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ax = axes[0]
+    width = 0.25
+    for i, name in enumerate(ENDPOINTS):
+        rates = [results[e]["max"][name]["rate"] for e in engines]
+        xs = [j + (i - 1) * width for j in range(len(engines))]
+        ax.bar(xs, rates, width, label=ENDPOINTS[name]["label"])
+        for x, rate in zip(xs, rates):
+            ax.annotate(f"{rate:.0f}", (x, rate), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(engines)))
+    ax.set_xticklabels(engines)
+    ax.set_ylabel("requests per second (wrk, closed loop)")
+    ax.set_title("Maximum throughput")
+    ax.legend(fontsize=8)
+
+    ax = axes[1]
+    labels, p50s, p99s = [], [], []
+    for e in engines:
+        for name in ("constant", "submit"):
+            for share in ("0.5", "0.9"):
+                run = results[e]["paced"][name][share]
+                labels.append(f"{e}\n{name}\n{int(float(share) * 100)}%")
+                p50s.append(run["p50_ms"])
+                p99s.append(run["p99_ms"])
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], p50s, 0.4, label="p50")
+    ax.bar([x + 0.2 for x in xs], p99s, 0.4, label="p99")
+    ax.axhline(25, color="grey", linestyle="--", linewidth=1, label="25 ms (p99 target at 50%)")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("latency, ms")
+    ax.set_title("Latency at 50% and 90% of each endpoint's maximum")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = common.chart_path(NAME)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main()

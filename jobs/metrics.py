@@ -1,0 +1,321 @@
+"""Prometheus metrics: what each process records, what is read at scrape time, and GET /metrics.
+
+Every process of a host (gunicorn workers, Celery pool processes, anything that submits) writes
+its counters and histograms to files in PROMETHEUS_MULTIPROC_DIR, prometheus-client's
+multiprocess mode; a scrape adds up the files of the whole host. Queue depths, limits and the
+workers online are read from the broker when scraped, never stored.
+
+The directory is one per host (or container). When a web server or a worker starts, the files of
+processes that have exited are folded into one file per metric type: the directory stays small,
+and a host's counters never go down, so Prometheus sees no false reset when one process exits.
+A host that runs workers but no web server serves the same sums on JOBS_METRICS_PORT.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import logging
+import os
+import threading
+import time
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+
+def metrics_dir() -> str:
+    """Where this process writes (prometheus-client reads the environment when a value is first used)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.PROMETHEUS_MULTIPROC_DIR
+
+
+# First: the settings put PROMETHEUS_MULTIPROC_DIR in the environment, which prometheus-client
+# must see when it is imported to choose its multiprocess mode.
+os.makedirs(metrics_dir(), exist_ok=True)  # each process's files are created in it on first use
+
+from celery.signals import worker_init, worker_ready  # noqa: E402
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest  # noqa: E402
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client.mmap_dict import MmapedDict  # noqa: E402
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# From a few milliseconds (no-op jobs on an idle queue) to an hour (the longest time limit).
+TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+SUBMITTED = Counter("jobs_submitted", "Jobs recorded by a submission (API, form, schedule, client).",
+                    ["kind", "queue"])
+REFUSED = Counter("jobs_refused", "Submissions refused by back pressure, by reason.", ["reason"])
+FINISHED = Counter("jobs_finished", "Jobs that reached a final status.", ["kind", "queue", "status"])
+RETRIED = Counter("jobs_retried", "Failed runs that were scheduled to run again.", ["kind", "queue"])
+WAIT_SECONDS = Histogram("jobs_wait_seconds", "Time a job's message waited in its queue before a worker took it "
+                         "(first delivery of each publish).", ["kind", "queue"], buckets=TIME_BUCKETS)
+RUN_SECONDS = Histogram("jobs_run_seconds", "Time from a run's claim to its end, by how it ended.",
+                        ["kind", "queue", "outcome"], buckets=TIME_BUCKETS)
+
+PUBLISHED_AT_HEADER = "jobs_published_at"
+
+
+# --- Recording (called from services, tasks and the back-pressure gate) -------------------
+
+
+def job_submitted(*, kind: str, queue: str) -> None:
+    SUBMITTED.labels(kind, queue).inc()
+
+
+def submission_outcome(outcome: str) -> None:
+    """The gate's outcome for one submission: `refused_<reason>` is counted, `accepted` is not (see jobs_submitted)."""
+    if outcome.startswith("refused_"):
+        REFUSED.labels(outcome.removeprefix("refused_")).inc()
+
+
+def job_finished(*, kind: str, queue: str, status: str, run_seconds: float | None = None) -> None:
+    """A job reached `status` (succeeded, failed, cancelled); run_seconds when a run ended with it."""
+    FINISHED.labels(kind, queue, status).inc()
+    if run_seconds is not None:
+        RUN_SECONDS.labels(kind, queue, status).observe(max(0.0, run_seconds))
+
+
+def job_retrying(*, kind: str, queue: str, run_seconds: float | None) -> None:
+    RETRIED.labels(kind, queue).inc()
+    if run_seconds is not None:
+        RUN_SECONDS.labels(kind, queue, "retrying").observe(max(0.0, run_seconds))
+
+
+def run_stopped(*, kind: str, queue: str, run_seconds: float) -> None:
+    """A run that stopped because its job was cancelled (counted as finished where it was cancelled)."""
+    RUN_SECONDS.labels(kind, queue, "cancelled").observe(max(0.0, run_seconds))
+
+
+def publish_headers() -> dict:
+    """Message headers for a job's publish: when it was sent, for the wait-time histogram."""
+    return {PUBLISHED_AT_HEADER: time.time()}
+
+
+def job_claimed(*, kind: str, queue: str, request) -> None:
+    """Observe the queue wait of a delivered message. Retries (sent with a countdown) and messages
+    without the header (sent by an older version) are not observed: their wait is not queueing."""
+    if request is None or getattr(request, "retries", 0):
+        return
+    published_at = (getattr(request, "headers", None) or {}).get(PUBLISHED_AT_HEADER)
+    if isinstance(published_at, (int, float)):
+        WAIT_SECONDS.labels(kind, queue).observe(max(0.0, time.time() - published_at))
+
+
+# --- The directory: folding exited processes, reading the sums --------------------------
+
+# Types whose values add up across processes; gauges (none of ours) are not folded.
+_SUMMED_TYPES = ("counter", "histogram", "summary")
+
+
+@contextlib.contextmanager
+def _locked(path: str, *, exclusive: bool):
+    """Scrapes read while no fold is half done: a fold writes the sum before it removes the files."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fold_exited_processes(path: str | None = None) -> int:
+    """Add the values of exited processes into `<type>_folded.db` and remove their files; returns how many."""
+    path = path or metrics_dir()
+    folded = 0
+    with _locked(path, exclusive=True):
+        for filename in glob.glob(os.path.join(path, "*.db")):
+            typ, _, pid = os.path.basename(filename)[:-3].rpartition("_")
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if typ in _SUMMED_TYPES:
+                target = MmapedDict(os.path.join(path, f"{typ}_folded.db"))
+                try:
+                    for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(filename):
+                        current, _ = target.read_value(key)
+                        target.write_value(key, current + value, timestamp)
+                finally:
+                    target.close()
+            elif not typ.startswith("gauge_live"):
+                continue  # other gauges keep prometheus-client's own semantics
+            os.remove(filename)
+            folded += 1
+    return folded
+
+
+class HostFilesCollector:
+    """The sums of every process's files in the host's directory: the platform's metrics only.
+
+    Other libraries of the same processes (Flower's own metrics, say) may write there too; they
+    are served where they belong.
+    """
+
+    def __init__(self, path: str | None = None):
+        self.path = path or metrics_dir()
+
+    def collect(self):
+        with _locked(self.path, exclusive=False):
+            files = glob.glob(os.path.join(self.path, "*.db"))
+            merged = MultiProcessCollector.merge(files, accumulate=True)
+        return [metric for metric in merged if metric.name.startswith("jobs_")]
+
+
+class PlatformCollector:
+    """Read at scrape time: queue depths and limits from the broker, the workers that answer a ping."""
+
+    def collect(self):
+        from .backpressure import BrokerUnavailable, gauge
+
+        up = GaugeMetricFamily("jobs_broker_up", "1 when the broker answered the depth check.")
+        depth = GaugeMetricFamily("jobs_queue_depth", "Messages waiting in each queue.", labels=["queue"])
+        limit = GaugeMetricFamily("jobs_queue_limit", "Depth at which a queue refuses submissions.", labels=["queue"])
+        accepting = GaugeMetricFamily("jobs_queue_accepting", "1 while a queue accepts submissions.",
+                                      labels=["queue"])
+        total_limit = GaugeMetricFamily("jobs_queues_limit", "Limit on the depth of all queues together.")
+        drain = GaugeMetricFamily("jobs_drain_rate", "Jobs claimed per second over the last 10 seconds.")
+        try:
+            snap = gauge.snapshot()
+        except BrokerUnavailable:
+            snap = None
+            up.add_metric([], 0)
+            yield up
+        else:
+            up.add_metric([], 1)
+            for name, state in snap.queues.items():
+                depth.add_metric([name], state.depth)
+                limit.add_metric([name], state.limit)
+                accepting.add_metric([name], 0 if state.closed or snap.total_closed else 1)
+            total_limit.add_metric([], snap.total_limit)
+            drain.add_metric([], snap.drain_rate)
+            yield from (up, depth, limit, accepting, total_limit, drain)
+
+        # Without a broker no worker can answer, and the ping would wait on reconnects.
+        online, per_queue = workers_online() if snap is not None else (0, {})
+        workers = GaugeMetricFamily("jobs_workers_online", "Celery workers that answered a ping (cached).")
+        workers.add_metric([], online)
+        consumers = GaugeMetricFamily("jobs_queue_workers", "Workers consuming each queue (cached).", labels=["queue"])
+        for name in settings.JOBS_QUEUES:
+            consumers.add_metric([name], per_queue.get(name, 0))
+        yield workers
+        yield consumers
+
+
+WORKERS_CACHE_SECONDS = 10.0
+WORKERS_PING_TIMEOUT = 0.5
+_workers_lock = threading.Lock()
+_workers_cache: tuple[float, int, dict[str, int]] | None = None
+
+
+def workers_online() -> tuple[int, dict[str, int]]:
+    """How many workers answer, and how many consume each queue; one broadcast per process every 10 s."""
+    global _workers_cache
+    with _workers_lock:
+        cached = _workers_cache
+        if cached is not None and time.monotonic() - cached[0] < WORKERS_CACHE_SECONDS:
+            return cached[1], cached[2]
+        from celery import current_app
+
+        try:
+            replies = current_app.control.inspect(timeout=WORKERS_PING_TIMEOUT).active_queues() or {}
+        except Exception:  # noqa: BLE001 - a broker that does not answer means no worker is known to be up
+            logger.warning("workers ping failed", exc_info=True)
+            replies = {}
+        per_queue: dict[str, int] = {}
+        for queues in replies.values():
+            for queue in queues or []:
+                per_queue[queue.get("name", "")] = per_queue.get(queue.get("name", ""), 0) + 1
+        _workers_cache = (time.monotonic(), len(replies), per_queue)
+        return len(replies), per_queue
+
+
+def render(*, platform: bool = True) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HostFilesCollector())
+    if platform:
+        registry.register(PlatformCollector())
+    return generate_latest(registry)
+
+
+# --- GET /metrics -------------------------------------------------------------------------
+
+
+def _staff_user(request: HttpRequest):
+    """The staff user behind a session or a bearer token; None when there is no user, False when not staff."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        user = None
+        if scheme.lower() == "bearer" and token.strip():
+            from .selectors import api_token_user
+
+            user = api_token_user(plain=token.strip())
+    if user is None:
+        return None
+    return user if user.is_active and user.is_staff else False
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The Prometheus exposition of this host's processes plus the queues: staff only (session or bearer token)."""
+    user = _staff_user(request)
+    if user is None:
+        response = JsonResponse({"detail": "log in as staff, or send a staff user's bearer token"}, status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    if user is False:
+        return JsonResponse({"detail": "metrics are for staff only"}, status=403)
+    return HttpResponse(render(), content_type=CONTENT_TYPE_LATEST)
+
+
+# --- Process hooks: gunicorn's (project/gunicorn.conf.py) and Celery worker signals ----------
+
+
+def on_server_start() -> None:
+    """A web server or a worker starts: fold what exited processes left."""
+    try:
+        folded = fold_exited_processes()
+    except OSError:
+        logger.warning("could not fold the metrics files in %s", metrics_dir(), exc_info=True)
+        return
+    if folded:
+        logger.info("metrics_folded files=%s dir=%s", folded, metrics_dir())
+
+
+def on_process_exit(pid: int) -> None:
+    mark_process_dead(pid, metrics_dir())
+
+
+@worker_init.connect
+def _worker_starts(**kwargs) -> None:
+    on_server_start()
+
+
+@worker_ready.connect
+def _serve_worker_metrics(**kwargs) -> None:
+    """On a host without a web server, the worker answers scrapes itself (JOBS_METRICS_PORT)."""
+    port = settings.JOBS_METRICS_PORT
+    if not port:
+        return
+    from prometheus_client import start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HostFilesCollector())
+    try:
+        start_http_server(port, addr=settings.JOBS_METRICS_ADDR, registry=registry)
+    except OSError as exc:
+        # Another worker of this host serves the same directory already.
+        logger.info("metrics port %s:%s not served by this worker: %s", settings.JOBS_METRICS_ADDR, port, exc)
+        return
+    logger.info("metrics served on http://%s:%s/metrics", settings.JOBS_METRICS_ADDR, port)
