@@ -271,8 +271,15 @@ def run_child(module: str, *, env: dict, args: list[str], timeout: float) -> dic
     """Run `python -m module --child ...` with env (its own Django settings) and return the JSON it writes."""
     out = WORK_DIR / f"{module.rsplit('.', 1)[-1]}-{uuid.uuid4().hex[:8]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", module, "--child", "--out", str(out), *args], cwd=BASE_DIR, env=env,
-                   check=True, timeout=timeout)
+    # Its log (one line per job, as in production) goes to a file; what it prints, to the terminal.
+    log_path = out.with_suffix(".log")
+    with open(log_path, "ab") as log:
+        try:
+            subprocess.run([sys.executable, "-m", module, "--child", "--out", str(out), *args], cwd=BASE_DIR,
+                           env=env, check=True, timeout=timeout, stderr=log)
+        except subprocess.SubprocessError:
+            print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+            raise
     data = json.loads(out.read_text())
     out.unlink()
     return data
@@ -305,7 +312,9 @@ def command_line() -> str:
 def write_result(name: str, data: dict) -> Path:
     """bench/results/<name>.json: what run_all.py puts in bench/README.md."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    data = {"name": name, "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **data}
+    data = {"name": name, "measured_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            # Other work on the machine moves absolute figures (not the ratios of interleaved runs).
+            "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()], **data}
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
     return path

@@ -92,7 +92,9 @@ def summary_table(results: dict[str, dict]) -> str:
 def section(name: str, data: dict) -> str:
     setup = data.get("setup", {})
     lines = [f"<!-- section:{name}:start -->", f"## {data.get('title', name)}", "",
-             f"Measured {data.get('measured_at', '')} with:", "", "```", data.get("command", ""), "```", ""]
+             f"Measured {data.get('measured_at', '')} (load average at the end: "
+             f"{' / '.join(map(str, data.get('load_average_1_5_15_min', [])))}) with:", "", "```",
+             data.get("command", ""), "```", ""]
     for key, val in setup.items():
         if key == "machine":
             val = ", ".join(f"{k} {v}" for k, v in val.items())
@@ -154,7 +156,7 @@ def write_readme(results: dict[str, dict]) -> None:
     else:
         head, sep, rest = text.partition("\n")
         text = f"{head}\n\n{table}\n{rest}"
-    for name in RENDERED & set(results):
+    for name in [n for n in ORDER if n in RENDERED and n in results]:
         block = section(name, results[name])
         start, end = f"<!-- section:{name}:start -->", f"<!-- section:{name}:end -->"
         if start in text:

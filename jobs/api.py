@@ -39,7 +39,37 @@ class BearerToken(HttpBearer):
         return user
 
 
-api = NinjaAPI(
+# Answers any operation may give besides its own: declared on every operation of the schema.
+COMMON_ERRORS = {
+    "401": "No valid token: send `Authorization: Bearer <token>` (or log in to the dashboard).",
+    "422": "Invalid input: `detail` names each bad field (`loc`) and what is wrong with it.",
+    "503": "The database or the message broker is not answering: try again after `Retry-After` seconds.",
+}
+BODY_ERRORS = {
+    "400": "The body is not JSON (NaN and Infinity are not JSON either).",
+    "403": "Logged in with a session but without the CSRF token (tokens need none).",
+    "413": "The body is over JOBS_MAX_BODY_BYTES.",
+}
+ERROR_SCHEMA = {"type": "object", "properties": {"detail": {"title": "Detail"}}, "required": ["detail"],
+                "title": "ErrorOut"}
+
+
+class JobsAPI(NinjaAPI):
+    """The API, its schema declaring on every operation the errors that any request may get."""
+
+    def get_openapi_schema(self, *args, **kwargs):
+        schema = super().get_openapi_schema(*args, **kwargs)
+        for item in schema["paths"].values():
+            for method, operation in item.items():
+                errors = {**COMMON_ERRORS, **(BODY_ERRORS if method in ("post", "put", "patch") else {})}
+                responses = operation.setdefault("responses", {})
+                for code, description in errors.items():
+                    responses.setdefault(code, {"description": description,
+                                                "content": {"application/json": {"schema": ERROR_SCHEMA}}})
+        return schema
+
+
+api = JobsAPI(
     title="Jobs platform API",
     version="1.0",
     description="Submit background jobs, follow them, cancel and retry them. Authenticate with "
@@ -189,8 +219,16 @@ def submit_job(request, payload: JobIn):
     return Status(202, job)
 
 
+class JobPagination(LimitOffsetPagination):
+    """Pages of at most 1000 jobs, and offsets a database can bind (past 2**63 SQLite fails the query)."""
+
+    class Input(Schema):
+        limit: int = Field(100, ge=1, le=1000)
+        offset: int = Field(0, ge=0, le=10**12)
+
+
 @router.get("/jobs", response=list[JobOut], summary="List jobs, newest first")
-@paginate(LimitOffsetPagination)
+@paginate(JobPagination)
 def list_jobs(request, filters: Query[JobFilters]):
     return selectors.job_list(user=request.auth, status=filters.status, kind=filters.kind)
 

@@ -213,7 +213,7 @@ class PlatformCollector:
 
 
 WORKERS_CACHE_SECONDS = 10.0
-WORKERS_PING_TIMEOUT = 0.5
+WORKERS_PING_TIMEOUT = 1.0  # a busy worker's main process may take a while to answer
 _workers_lock = threading.Lock()
 _workers_cache: tuple[float, int, dict[str, int]] | None = None
 

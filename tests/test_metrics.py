@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
@@ -125,7 +126,7 @@ def dead_pid() -> int:
     return process.pid
 
 
-def test_counts_of_exited_processes_are_folded_without_changing_the_sums(staff_client, tmp_path):
+def test_counts_of_exited_processes_are_folded_without_changing_the_sums(staff_client):
     directory = metrics.metrics_dir()
     pid = dead_pid()
     key = mmap_key("jobs_finished", "jobs_finished_total", ("kind", "queue", "status"),
@@ -155,9 +156,7 @@ def test_files_of_live_processes_are_not_folded():
 # --- What the worker side counts ------------------------------------------------------------
 
 
-def test_worker_processes_count_finished_jobs_and_their_wait_and_run_times(staff_client, live_worker, user,
-                                                                          monkeypatch):
-    monkeypatch.setattr(metrics, "_workers_cache", None)
+def test_worker_processes_count_finished_jobs_and_their_wait_and_run_times(staff_client, live_worker, user):
     before = scrape(staff_client)
     jobs = [services.job_submit(user=user, kind="noop", params={}).job for _ in range(4)]
     failing = services.job_submit(user=user, kind="steps",
@@ -179,8 +178,21 @@ def test_worker_processes_count_finished_jobs_and_their_wait_and_run_times(staff
     assert grew("jobs_finished_total", kind="steps", queue="default", status="succeeded") == 1
     # Only the first delivery's wait is queueing; the retry waited out its backoff.
     assert grew("jobs_wait_seconds_count", kind="steps", queue="default") == 1
-    assert value(after, "jobs_workers_online") >= 1
-    assert value(after, "jobs_queue_workers", queue="cpu") >= 1
+
+
+def test_workers_online_and_the_queues_they_consume(staff_client, worker_factory, monkeypatch):
+    worker_factory(queues="cpu,io")
+
+    def answered():
+        monkeypatch.setattr(metrics, "_workers_cache", None)  # each scrape pings again
+        samples = scrape(staff_client)
+        return samples if value(samples, "jobs_workers_online") >= 1 else None
+
+    samples = wait_for(answered, timeout=30, interval=0.5, message="the worker to answer the ping")
+    assert value(samples, "jobs_workers_online") == 1
+    assert value(samples, "jobs_queue_workers", queue="cpu") == 1
+    assert value(samples, "jobs_queue_workers", queue="io") == 1
+    assert value(samples, "jobs_queue_workers", queue="default") == 0
 
 
 def test_cancelled_jobs_are_counted_as_finished(staff_client, user):
@@ -219,16 +231,21 @@ def test_gunicorn_processes_add_up_and_a_worker_host_serves_its_own(redis_server
 
         wait_for(up, timeout=60, interval=0.2, message="gunicorn to answer")
         before = parse(httpx.get(f"{base}/metrics", headers=headers, timeout=10).text)
-        for _ in range(20):
-            response = httpx.post(f"{base}/api/jobs", json={"kind": "noop", "params": {}}, headers=headers,
-                                  timeout=10)
-            assert response.status_code == 202, response.text
+
+        def submit(_):
+            return httpx.post(f"{base}/api/jobs", json={"kind": "noop", "params": {}}, headers=headers,
+                              timeout=30).status_code
+
+        # Concurrent, so that both gunicorn processes take submissions.
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(submit, range(40))) == [202] * 40
+        per_process = {pid: submitted_in_file(pid) for pid in children_of(server.pid)}
+        assert len([n for n in per_process.values() if n > 0]) == 2, per_process  # each process its own file
+        assert sum(per_process.values()) == 40
         for _ in range(10):
             samples = parse(httpx.get(f"{base}/metrics", headers=headers, timeout=10).text)
             assert value(samples, "jobs_submitted_total", kind="noop", queue="default") - value(
-                before, "jobs_submitted_total", kind="noop", queue="default") == 20
-        files = [f for f in os.listdir(metrics.metrics_dir()) if f.startswith("counter_")]
-        assert len(files) >= 2, files  # both gunicorn processes wrote their own file
+                before, "jobs_submitted_total", kind="noop", queue="default") == 40
 
         # A worker with JOBS_METRICS_PORT serves the same host's sums on its own port.
         metrics_port = free_port()
@@ -236,12 +253,33 @@ def test_gunicorn_processes_add_up_and_a_worker_host_serves_its_own(redis_server
         worker_text = wait_for(lambda: _get_or_none(f"http://127.0.0.1:{metrics_port}/metrics"), timeout=30,
                                message="the worker's metrics port")
         worker_samples = parse(worker_text)
-        assert value(worker_samples, "jobs_submitted_total", kind="noop", queue="default") >= 20
+        assert value(worker_samples, "jobs_submitted_total", kind="noop", queue="default") >= 40
         assert not any(name == "jobs_queue_depth" for name, _ in worker_samples)  # queues are the web's to tell
     finally:
         os.killpg(server.pid, 15)
         server.wait(20)
         log.close()
+
+
+def children_of(pid: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        children.append(int(entry))
+            except OSError:
+                continue
+    return children
+
+
+def submitted_in_file(pid: int) -> float:
+    path = os.path.join(metrics.metrics_dir(), f"counter_{pid}.db")
+    if not os.path.exists(path):
+        return 0.0
+    return sum(value for key, value, _, _ in MmapedDict.read_all_values_from_file(path)
+               if json.loads(key)[1] == "jobs_submitted_total" and json.loads(key)[2].get("kind") == "noop")
 
 
 def _get_or_none(url: str) -> str | None:

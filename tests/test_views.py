@@ -81,6 +81,8 @@ def test_the_list_shows_only_the_users_own_jobs(alice, user, other_user):
     assert str(mine.id)[:8] in html
     assert str(theirs.id) not in html
     assert ">Owner<" not in html
+    html = alice.get(reverse("jobs:list"), {"q": str(theirs.id)[:8]}).content.decode()
+    assert str(theirs.id) not in html and "No jobs match these filters." in html
 
 
 def test_staff_see_everyones_jobs_with_an_owner_column(client, staff_user, user, other_user):
@@ -296,7 +298,11 @@ def test_filters_by_status_and_kind_and_search_by_id_prefix(alice, user):
     html = alice.get(base, {"kind": "noop"}).content.decode()
     assert str(noop.id)[:8] in html and str(running.id)[:8] not in html
     html = alice.get(base, {"q": str(noop.id)[:6]}).content.decode()
-    assert str(noop.id)[:8] in html
+    assert str(noop.id)[:8] in html and str(running.id)[:8] not in html
+    html = alice.get(base, {"q": str(noop.id)[:6], "status": "running"}).content.decode()
+    assert str(noop.id)[:8] not in html
+    html = alice.get(base, {"q": str(noop.id)[:2]}).content.decode()
+    assert "Type at least 4 characters of the job id." in html
     html = alice.get(base, {"q": "not-hex!"}).content.decode()
     assert "No jobs match these filters." in html
 
