@@ -149,7 +149,10 @@ class RedisServer:
         return self.client().info("server")["redis_version"]
 
     def stop(self) -> None:
+        import shutil
+
         self.process.stop(timeout=5)
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # --- Databases ------------------------------------------------------------------------

@@ -91,9 +91,11 @@ def summary_table(results: dict[str, dict]) -> str:
 
 def section(name: str, data: dict) -> str:
     setup = data.get("setup", {})
-    lines = [f"<!-- section:{name}:start -->", f"## {data.get('title', name)}", "",
-             f"Measured {data.get('measured_at', '')} (load average at the end: "
-             f"{' / '.join(map(str, data.get('load_average_1_5_15_min', [])))}) with:", "", "```",
+    load = data.get("load_average_1_5_15_min")
+    when = f"Measured {data.get('measured_at', '')}"
+    if load:
+        when += f" (load average at the end, 1/5/15 min: {' / '.join(map(str, load))})"
+    lines = [f"<!-- section:{name}:start -->", f"## {data.get('title', name)}", "", f"{when} with:", "", "```",
              data.get("command", ""), "```", ""]
     for key, val in setup.items():
         if key == "machine":

@@ -16,6 +16,7 @@ from pydantic import ConfigDict, field_validator
 
 from . import selectors, services
 from .backpressure import BrokerUnavailable, gauge
+from .middleware import database_unavailable_response, is_database_down
 from .models import Job
 from .registry import all_kinds
 
@@ -358,7 +359,7 @@ def validation_error(request, exc: NinjaValidationError):
 @api.exception_handler(OperationalError)
 @api.exception_handler(InterfaceError)
 def database_unavailable(request, exc):
-    """503 while the database is down (ninja answers exceptions itself, before any middleware sees them)."""
-    from .middleware import DatabaseUnavailableMiddleware
-
-    return DatabaseUnavailableMiddleware(None).process_exception(request, exc)
+    """503 while the database is down: ninja answers the API's exceptions before any middleware sees them."""
+    if not is_database_down(exc):
+        raise exc
+    return database_unavailable_response(request, exc)

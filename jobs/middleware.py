@@ -37,8 +37,20 @@ DATABASE_DOWN_PAGE = """<!doctype html>
 """
 
 
-def database_unavailable_response(request) -> HttpResponse:
+# SQLite reports mistakes in a query as OperationalError too: those are bugs (500), not outages.
+NOT_AN_OUTAGE = ("no such table", "no such column", "syntax error")
+
+
+def is_database_down(exception: Exception) -> bool:
+    """A connection-level failure: the database is down, restarting, failing over or locked."""
+    if isinstance(exception, InterfaceError):
+        return True
+    return isinstance(exception, OperationalError) and not str(exception).startswith(NOT_AN_OUTAGE)
+
+
+def database_unavailable_response(request, exception: Exception) -> HttpResponse:
     """503 with Retry-After: JSON for the API, a page for the browser that needs no database to render."""
+    logger.warning("database unavailable path=%s error=%r", request.path_info, str(exception)[:200])
     if request.path_info.startswith("/api/"):
         response = JsonResponse({"error": "database_unavailable", "detail": "the database is not answering",
                                  "retry_after": DATABASE_RETRY_AFTER}, status=503)
@@ -51,8 +63,8 @@ def database_unavailable_response(request) -> HttpResponse:
 class DatabaseUnavailableMiddleware:
     """Answers 503, not 500, when a view fails because the database is down, restarting or locked.
 
-    Only connection-level errors count (OperationalError, InterfaceError); an error from a bad
-    query is still a 500. The API's own handler (jobs.api) gives the same answer.
+    Only connection-level errors count (is_database_down); an error from a bad query is still
+    a 500. The API's own handler (jobs.api) gives the same answer.
     """
 
     def __init__(self, get_response):
@@ -62,7 +74,4 @@ class DatabaseUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
-        if not isinstance(exception, (OperationalError, InterfaceError)):
-            return None
-        logger.warning("database unavailable path=%s error=%r", request.path_info, str(exception)[:200])
-        return database_unavailable_response(request)
+        return database_unavailable_response(request, exception) if is_database_down(exception) else None

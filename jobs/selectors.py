@@ -79,6 +79,11 @@ STATUS_COUNT_CAP = 1000
 _EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
 
 
+# What a row of the job list shows: the other columns (parameters above all) are not read.
+JOB_ROW_FIELDS = ("id", "kind", "status", "owner__username", "progress_done", "progress_total", "error",
+                  "created_at", "attempts", "attempt_limit")
+
+
 @dataclass(frozen=True)
 class JobPage:
     """One page of a job list, with keyset cursors to its neighbours (None at either end)."""
@@ -125,7 +130,7 @@ def job_page(*, user, status: str | None = None, kind: str | None = None, id_pre
     """
     if id_prefix:
         return JobPage(_job_search(user=user, status=status, kind=kind, id_prefix=id_prefix, size=size), None, None)
-    qs = job_list(user=user, status=status, kind=kind)
+    qs = job_list(user=user, status=status, kind=kind).only(*JOB_ROW_FIELDS)
     after, before = _parse_cursor(older_than), _parse_cursor(newer_than)
     if before is not None and after is None:
         at, pk = before
@@ -152,7 +157,7 @@ def _job_search(*, user, status, kind, id_prefix: str, size: int) -> list[Job]:
     # The id range must drive this query. Without table statistics SQLite would rather walk the
     # owner's or the status's whole index range, so those filters are put to it as expressions
     # (`owner_id + 0`), which no index serves. The rule is JobQuerySet.visible_to's.
-    qs = Job.objects.select_related("owner").filter(id__range=bounds).alias(
+    qs = Job.objects.select_related("owner").only(*JOB_ROW_FIELDS).filter(id__range=bounds).alias(
         owner_key=F("owner_id") + 0, status_key=Concat("status", Value("")), kind_key=Concat("kind", Value(""))
     )
     if not user.is_staff:

@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass, field
-from urllib.parse import urlencode
+from functools import wraps
+from urllib.parse import quote, urlencode
 
+from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.shortcuts import redirect, render
+from django.contrib.auth.decorators import login_required as auth_login_required
+from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -24,6 +26,21 @@ STATUS_ORDER = [Job.Status.QUEUED, Job.Status.RUNNING, Job.Status.RETRYING, Job.
 # Tables of records longer than this show their first rows; the raw JSON has them all.
 RESULT_TABLE_ROWS = 500
 RAW_JSON_CHARS = 200_000
+
+
+def login_required(view):
+    """Django's login_required, except that a live part polled after the session ended sends the
+    whole page to the login form instead of swapping the form into the part."""
+    guarded = auth_login_required(view)
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if request.htmx and not request.user.is_authenticated:
+            back = request.htmx.current_url_abs_path or "/"
+            return HttpResponseClientRedirect(f"{resolve_url(settings.LOGIN_URL)}?next={quote(back)}")
+        return guarded(request, *args, **kwargs)
+
+    return wrapper
 
 
 def _not_found(request, what: str = "job"):
@@ -81,7 +98,8 @@ def job_list(request):
         job.id_text = str(job.id)
         job.url = detail_url.replace(str(_URL_PLACEHOLDER), job.id_text)
         job.short_id = job.id_text[:8]
-        job.percent = job.progress_percent
+        job.percent = str(job.progress_percent)
+        job.attempts_text = f"{job.attempts}/{job.attempt_limit}"
         job.age = _ago(job.created_at, now)
         job.created_iso = job.created_at.isoformat()
         job.created_text = job.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")

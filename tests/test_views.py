@@ -56,6 +56,13 @@ def test_every_page_needs_a_login(client, name, args):
     assert response["Location"].startswith(reverse("login"))
 
 
+def test_a_live_part_polled_after_logout_sends_the_page_to_the_login_form(client):
+    response = client.get(reverse("jobs:list"), HTTP_HX_TARGET="jobs-panel",
+                          HTTP_HX_CURRENT_URL="http://testserver/?kind=noop", **HTMX)
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == reverse("login") + "?next=/%3Fkind%3Dnoop"
+
+
 def test_logging_in_leads_to_the_job_list(client, user):
     page = client.get(reverse("login"))
     assert page.status_code == 200
@@ -176,7 +183,8 @@ def test_a_validation_error_shows_next_to_its_field(alice, user):
 
 
 def test_type_and_required_errors_show_next_to_their_fields(alice):
-    html = alice.post(reverse("jobs:new"), {"kind": "fan_out", "params-author_id": "x", "params-text": ""}).content.decode()
+    data = {"kind": "fan_out", "params-author_id": "x", "params-text": ""}
+    html = alice.post(reverse("jobs:new"), data).content.decode()
     assert "Enter a whole number." in field_block(html, "params-author_id")
     assert "This field is required." in field_block(html, "params-text")
     assert not Job.objects.exists()
@@ -264,12 +272,13 @@ def test_htmx_actions_answer_with_the_live_part(alice, user):
 def test_the_detail_page_shows_attempts_errors_and_tracebacks(alice, user):
     job = make_job(user, status=Job.Status.FAILED, attempts=2, attempt_limit=2, error="StepFailed: told to fail",
                    started_at=timezone.now(), finished_at=timezone.now())
-    JobError.objects.create(job=job, attempt=1, error="StepFailed: first", traceback="Traceback (most recent call last):\n  one")
-    JobError.objects.create(job=job, attempt=2, error="StepFailed: second", traceback="Traceback (most recent call last):\n  two")
+    for attempt, word in ((1, "first"), (2, "second")):
+        JobError.objects.create(job=job, attempt=attempt, error=f"StepFailed: {word}",
+                                traceback=f"Traceback (most recent call last):\n  {word}")
     html = alice.get(reverse("jobs:detail", args=[job.id])).content.decode()
     assert "Failed after 2 attempts." in html
     assert html.index("Attempt 1") < html.index("Attempt 2")
-    assert "StepFailed: first" in html and "  two" in html
+    assert "StepFailed: first" in html and "  second" in html
     assert 'id="retry-button"' in html
     assert "<dt>Steps</dt><dd>2</dd>" in html  # parameters
 

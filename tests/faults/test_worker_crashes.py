@@ -66,10 +66,23 @@ def test_killing_the_whole_worker_loses_nothing_within_visibility_timeout_plus_r
     killed_at = time.monotonic()
     running_when_killed = list(Job.objects.filter(pk__in=ids, status=S.RUNNING).values_list("pk", flat=True))
     assert len(running_when_killed) == 2 and unacked(redis_server) == 4 and ready(redis_server) == 4
+    client = redis_server.client()
+    # When each held message was delivered: kombu's index of unacknowledged messages.
+    held = dict(client.zrange("unacked_index", 0, -1, withscores=True))
 
     worker_factory(concurrency=2, env=env)
-    # Delivered before the kill, the four held messages are restored at most visibility + interval
-    # after it; then at most two rounds of two jobs run on the new worker.
+    second_ready = time.time()
+
+    def all_restored():
+        # A restored message is back in the queue, or already delivered again (a newer score).
+        scores = [client.zscore("unacked_index", tag) for tag in held]
+        return all(score is None or score > held[tag] for tag, score in zip(held, scores))
+
+    wait_for(all_restored, timeout=visibility + restore_interval + 30, interval=0.1,
+             message="the dead worker's messages to be restored")
+    restored_at = time.time()
+    restore_due = max(max(held.values()) + visibility, second_ready) + restore_interval
+    # Then at most two rounds of two jobs run on the new worker.
     bound = visibility + restore_interval + 2 * run_seconds + 6
     all_in(ids, S.SUCCEEDED, timeout=bound + 30)
     took = time.monotonic() - killed_at
@@ -81,7 +94,9 @@ def test_killing_the_whole_worker_loses_nothing_within_visibility_timeout_plus_r
         assert attempts[job.pk] == expected and len(starts(marker)) == expected, (job.pk, starts(marker))
     assert unacked(redis_server) == 0
     report(record_property, jobs=len(ids), rerun=len(running_when_killed), recovered_in_seconds=round(took, 1),
-           bound_seconds=bound)
+           bound_seconds=bound, restored_after_due_seconds=round(restored_at - restore_due, 2))
+    assert restored_at <= restore_due + 1, (
+        f"restored {restored_at - restore_due:.1f}s after visibility {visibility}s + interval {restore_interval}s")
     assert took <= bound, f"recovery took {took:.1f}s, over visibility {visibility}s + interval {restore_interval}s"
 
 
