@@ -109,6 +109,8 @@ def section(name: str, data: dict) -> str:
         lines.append(f"- {key.replace('_', ' ')}: {val}")
     lines.append("")
     lines += RENDERERS.get(name, lambda d: [])(data)
+    if data.get("notes"):
+        lines += [""] + [f"- {note}" for note in data["notes"]]
     for chart in data.get("charts", []):
         lines += ["", f"![{data.get('title', name)}](results/{chart})"]
     lines.append(f"<!-- section:{name}:end -->")

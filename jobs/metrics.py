@@ -228,7 +228,10 @@ def workers_online() -> tuple[int, dict[str, int]]:
         from celery import current_app
 
         try:
-            replies = current_app.control.inspect(timeout=WORKERS_PING_TIMEOUT).active_queues() or {}
+            # A connection of its own, closed after: a pooled one would be stale after a broker restart.
+            with current_app.connection_for_write() as connection:
+                replies = current_app.control.inspect(timeout=WORKERS_PING_TIMEOUT,
+                                                      connection=connection).active_queues() or {}
         except Exception:  # noqa: BLE001 - a broker that does not answer means no worker is known to be up
             logger.warning("workers ping failed", exc_info=True)
             replies = {}

@@ -8,13 +8,23 @@ import pytest
 
 from tests.support import BASE_DIR, chromium_path
 
-# Playwright's sync API keeps an event loop running in the test thread; Django would take
-# every ORM call made there for one made from async code.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-
 SCREENSHOTS = BASE_DIR / "var" / "screenshots"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="package", autouse=True)
+def _orm_beside_playwright():
+    """Playwright's sync API keeps an event loop running in the test thread; Django would take every
+    ORM call made there for one made from async code. Only for these tests: processes other tests
+    start must not inherit it (`check --deploy` refuses it)."""
+    before = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if before is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = before
 
 
 @pytest.fixture(autouse=True)
@@ -33,8 +43,9 @@ def chromium_executable() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
-def browser(chromium_executable):
+@pytest.fixture(scope="package")
+def browser(chromium_executable, _orm_beside_playwright):
+    """One Chromium for these tests; closed after them, so that later tests run without its event loop."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:

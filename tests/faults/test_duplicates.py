@@ -13,10 +13,12 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_a_job_published_three_times_runs_once(worker_factory, user, tmp_path, record_property):
     copies = 3
-    jobs = submit_marked(user, "test_sleep", tmp_path, count=20, seconds=0.3)
-    for job, _ in jobs:
+    jobs = []
+    for _ in range(20):
+        [(job, marker)] = submit_marked(user, "test_sleep", tmp_path, seconds=0.3)
         for _ in range(copies - 1):
-            services._publish(job)  # side by side in the queue: two pool processes get copies at once
+            services._publish(job)  # side by side in the queue: both pool processes get a copy at once
+        jobs.append((job, marker))
     ids = [job.pk for job, _ in jobs]
 
     worker = worker_factory(concurrency=2)

@@ -59,7 +59,9 @@ def test_killing_the_whole_worker_loses_nothing_within_visibility_timeout_plus_r
     ids = [job.pk for job, _ in jobs]
 
     def two_running_two_prefetched():
-        return Job.objects.filter(pk__in=ids, status=S.RUNNING).count() == 2 and unacked(redis_server) == 4
+        started = sum(1 for _, marker in jobs if starts(marker))
+        return started == 2 and Job.objects.filter(pk__in=ids, status=S.RUNNING).count() == 2 and \
+            unacked(redis_server) == 4
 
     wait_for(two_running_two_prefetched, timeout=20, message="two jobs running and two more prefetched")
     first.kill_all()
@@ -92,10 +94,11 @@ def test_killing_the_whole_worker_loses_nothing_within_visibility_timeout_plus_r
     for job, marker in jobs:
         expected = 2 if job.pk in running_when_killed else 1
         assert attempts[job.pk] == expected and len(starts(marker)) == expected, (job.pk, starts(marker))
-    assert unacked(redis_server) == 0
+    # Acknowledged after each run returns: nothing stays held.
+    wait_for(lambda: unacked(redis_server) == 0, timeout=10, message="every message to be acknowledged")
     report(record_property, jobs=len(ids), rerun=len(running_when_killed), recovered_in_seconds=round(took, 1),
            bound_seconds=bound, restored_after_due_seconds=round(restored_at - restore_due, 2))
-    assert restored_at <= restore_due + 1, (
+    assert restored_at <= restore_due + 1.5, (
         f"restored {restored_at - restore_due:.1f}s after visibility {visibility}s + interval {restore_interval}s")
     assert took <= bound, f"recovery took {took:.1f}s, over visibility {visibility}s + interval {restore_interval}s"
 
