@@ -17,7 +17,6 @@ import fcntl
 import glob
 import logging
 import os
-import threading
 import time
 
 from django.conf import settings
@@ -203,7 +202,7 @@ class PlatformCollector:
 
         # Without a broker no worker can answer, and the ping would wait on reconnects.
         online, per_queue = workers_online() if snap is not None else (0, {})
-        workers = GaugeMetricFamily("jobs_workers_online", "Celery workers that answered a ping (cached).")
+        workers = GaugeMetricFamily("jobs_workers_online", "Celery workers that answered a ping (cached a few seconds).")
         workers.add_metric([], online)
         consumers = GaugeMetricFamily("jobs_queue_workers", "Workers consuming each queue (cached).", labels=["queue"])
         for name in settings.JOBS_QUEUES:
@@ -212,35 +211,16 @@ class PlatformCollector:
         yield consumers
 
 
-WORKERS_CACHE_SECONDS = 10.0
-WORKERS_PING_TIMEOUT = 1.0  # a busy worker's main process may take a while to answer
-_workers_lock = threading.Lock()
-_workers_cache: tuple[float, int, dict[str, int]] | None = None
-
-
 def workers_online() -> tuple[int, dict[str, int]]:
-    """How many workers answer, and how many consume each queue; one broadcast per process every 10 s."""
-    global _workers_cache
-    with _workers_lock:
-        cached = _workers_cache
-        if cached is not None and time.monotonic() - cached[0] < WORKERS_CACHE_SECONDS:
-            return cached[1], cached[2]
-        from celery import current_app
+    """How many workers answer a ping, and how many consume each queue (the selector caches the answer)."""
+    from .selectors import workers_online as answering
 
-        try:
-            # A connection of its own, closed after: a pooled one would be stale after a broker restart.
-            with current_app.connection_for_write() as connection:
-                replies = current_app.control.inspect(timeout=WORKERS_PING_TIMEOUT,
-                                                      connection=connection).active_queues() or {}
-        except Exception:  # noqa: BLE001 - a broker that does not answer means no worker is known to be up
-            logger.warning("workers ping failed", exc_info=True)
-            replies = {}
-        per_queue: dict[str, int] = {}
-        for queues in replies.values():
-            for queue in queues or []:
-                per_queue[queue.get("name", "")] = per_queue.get(queue.get("name", ""), 0) + 1
-        _workers_cache = (time.monotonic(), len(replies), per_queue)
-        return len(replies), per_queue
+    workers = answering() or []
+    per_queue: dict[str, int] = {}
+    for worker in workers:
+        for queue in worker.queues:
+            per_queue[queue] = per_queue.get(queue, 0) + 1
+    return len(workers), per_queue
 
 
 def render(*, platform: bool = True) -> bytes:

@@ -220,7 +220,9 @@ def workers_online(*, max_age: float = WORKERS_CACHE_SECONDS, timeout: float = 0
         if time.monotonic() - _workers_cache["at"] < max_age:
             return _workers_cache["value"]
         try:
-            replies = current_app.control.inspect(timeout=timeout).active_queues() or {}
+            # A connection of its own, closed after: a pooled one is stale after a broker restart.
+            with current_app.connection_for_write() as connection:
+                replies = current_app.control.inspect(timeout=timeout, connection=connection).active_queues() or {}
             value = sorted(
                 (WorkerInfo(name, sorted(q["name"] for q in queues)) for name, queues in replies.items()),
                 key=lambda w: w.name,

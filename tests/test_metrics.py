@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs import metrics, services
+from jobs import metrics, selectors, services
 from jobs.logging import JsonFormatter, log_transition
 from jobs.models import Job
 from tests.support import database_url_for_subprocess, free_port, wait_for
@@ -184,7 +184,7 @@ def test_workers_online_and_the_queues_they_consume(staff_client, worker_factory
     worker_factory(queues="cpu,io")
 
     def answered():
-        monkeypatch.setattr(metrics, "_workers_cache", None)  # each scrape pings again
+        monkeypatch.setitem(selectors._workers_cache, "at", float("-inf"))  # each scrape pings again
         samples = scrape(staff_client)
         return samples if value(samples, "jobs_workers_online") >= 1 else None
 
