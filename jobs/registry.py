@@ -75,6 +75,10 @@ def job_kind(
         # A message unacknowledged past the visibility timeout is delivered again while the first
         # run may still be going; JOBS_MAX_TIME_LIMIT keeps the two apart.
         raise ValueError(f"job kind {name!r}: time_limit {hard_limit}s is over JOBS_MAX_TIME_LIMIT")
+    soft_limit = soft_time_limit or settings.CELERY_TASK_SOFT_TIME_LIMIT
+    if soft_limit > hard_limit:
+        # Celery refuses to send such a task: every publish would fail and the job never run.
+        raise ValueError(f"job kind {name!r}: soft_time_limit {soft_limit}s is over time_limit {hard_limit}s")
     if max_attempts < 1:
         raise ValueError(f"job kind {name!r}: max_attempts must be at least 1")
 

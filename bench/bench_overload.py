@@ -1,0 +1,219 @@
+"""Overload: producers submit through HTTP at about 5x what the workers drain, once with the gate and once without.
+
+One worker process (the Procfile's worker line, concurrency 1) drains `steps` jobs of fixed work
+at rate R; producer threads POST /api/jobs to gunicorn on loopback at 5R for a fixed time. A
+sampler reads the queue depth and Redis memory every 0.1 s. Afterwards the worker drains for a
+bounded time and the accepted jobs' wait times are read from the database. SQLite.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+import threading
+import time
+from datetime import datetime
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import common  # noqa: E402
+
+NAME = "overload"
+JOB = {"kind": "steps", "params": {"steps": 1, "step_seconds": 0.02}}
+
+
+def queue_depth(client) -> int:
+    pipe = client.pipeline(transaction=False)
+    for queue in ("default", "cpu", "io"):
+        for p in range(10):
+            pipe.llen(f"{queue}:{p}" if p else queue)
+    return sum(pipe.execute())
+
+
+def measure_drain_rate(base: str, headers: dict, redis, seconds: float) -> float:
+    """R: jobs per second the worker drains, measured on a backlog before the runs."""
+    import httpx
+
+    with httpx.Client(timeout=30) as client:
+        for _ in range(int(seconds * 80)):
+            client.post(base + "/api/jobs", json=JOB, headers=headers)
+    start_depth = queue_depth(redis)
+    start = time.monotonic()
+    time.sleep(seconds)
+    drained = start_depth - queue_depth(redis)
+    common.wait_until(lambda: queue_depth(redis) == 0, timeout=300, what="the backlog to drain")
+    return max(1.0, drained / (time.monotonic() - start))
+
+
+def run(label: str, *, base: str, headers: dict, redis, rate: float, seconds: float, producers: int) -> dict:
+    import httpx
+
+    samples, statuses, refused_ms, accepted_ids = [], [], [], []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def sampler():
+        t0 = time.monotonic()
+        while not stop.is_set():
+            samples.append((time.monotonic() - t0, queue_depth(redis), int(redis.info("memory")["used_memory"])))
+            time.sleep(0.1)
+
+    def producer():
+        interval = producers / rate
+        next_at = time.monotonic()
+        end = time.monotonic() + seconds
+        with httpx.Client(timeout=30) as client:
+            while time.monotonic() < end:
+                started = time.perf_counter()
+                response = client.post(base + "/api/jobs", json=JOB, headers=headers)
+                elapsed = (time.perf_counter() - started) * 1000
+                with lock:
+                    statuses.append(response.status_code)
+                    if response.status_code == 503:
+                        refused_ms.append(elapsed)
+                    elif response.status_code == 202:
+                        accepted_ids.append(response.json()["id"])
+                next_at += interval
+                time.sleep(max(0.0, next_at - time.monotonic()))
+
+    sampling = threading.Thread(target=sampler)
+    sampling.start()
+    threads = [threading.Thread(target=producer) for _ in range(producers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final_depth = queue_depth(redis)
+    # Let the accepted jobs run, for a bounded time, to read their waits.
+    deadline = time.monotonic() + 90
+    while queue_depth(redis) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    stop.set()
+    sampling.join()
+    return {
+        "label": label,
+        "sent": len(statuses),
+        "accepted": statuses.count(202),
+        "refused": statuses.count(503),
+        "other": len(statuses) - statuses.count(202) - statuses.count(503),
+        "accepted_per_s": statuses.count(202) / seconds,
+        "max_depth": max(d for _, d, _ in samples),
+        "final_depth": final_depth,
+        "left_after_drain_window": queue_depth(redis),
+        "redis_used_memory_max_bytes": max(m for _, _, m in samples),
+        "refusal_p50_ms": common.percentile(refused_ms, 50) if refused_ms else None,
+        "refusal_p99_ms": common.percentile(refused_ms, 99) if refused_ms else None,
+        "accepted_ids": accepted_ids,
+        "samples": samples,
+    }
+
+
+def waits(db_path: str, ids: list[str]) -> list[float]:
+    """Seconds from submission to start of the accepted jobs that started."""
+    con = sqlite3.connect(db_path)
+    out = []
+    try:
+        for i in range(0, len(ids), 500):
+            chunk = [i.replace("-", "") for i in ids[i:i + 500]]
+            rows = con.execute(
+                f"SELECT created_at, started_at FROM jobs_job WHERE id IN ({','.join('?' * len(chunk))}) "
+                "AND started_at IS NOT NULL", chunk).fetchall()
+            out += [(datetime.fromisoformat(s) - datetime.fromisoformat(c)).total_seconds() for c, s in rows]
+    finally:
+        con.close()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5 if common.quick() else 20, help="producing time per run")
+    parser.add_argument("--limit", type=int, default=100, help="JOBS_QUEUE_LIMIT of the gated run")
+    parser.add_argument("--producers", type=int, default=8)
+    args = parser.parse_args()
+
+    import httpx  # noqa: F401
+
+    results = {}
+    for label, limit in (("with the gate", args.limit), ("without the gate", 10**9)):
+        redis = common.RedisServer(f"{NAME}-{limit}")
+        db = common.Database("sqlite", f"{NAME}-{limit}")
+        web = worker = None
+        try:
+            env = common.platform_env(database_url=db.url, redis_url=redis.url, JOBS_QUEUE_LIMIT=str(limit),
+                                      WORKER_CONCURRENCY="1", JOBS_RETRY_AFTER_MAX="10")
+            db.migrate(env)
+            token = common.create_user_token(env, "bench")
+            headers = {"Authorization": f"Bearer {token}"}
+            web, base = common.start_web(env, name=f"{NAME}-{limit}")
+            worker = common.start_procfile("worker", env=env, log_path=common.WORK_DIR / f"{NAME}-{limit}-worker.log")
+            common.wait_worker_ready(worker)
+            client = redis.client()
+            rate = measure_drain_rate(base, headers, client, seconds=3)
+            print(f"{label}: drain rate R = {rate:.1f} jobs/s; producing at {5 * rate:.0f}/s for {args.seconds:g} s",
+                  flush=True)
+            result = run(label, base=base, headers=headers, redis=client, rate=5 * rate, seconds=args.seconds,
+                         producers=args.producers)
+            wait = waits(db.url.removeprefix("sqlite:///"), result.pop("accepted_ids"))
+            result.update(drain_rate=rate, limit=limit if limit < 10**9 else None, started=len(wait),
+                          wait_p50_s=common.percentile(wait, 50) if wait else None,
+                          wait_p99_s=common.percentile(wait, 99) if wait else None,
+                          wait_bound_s=1.2 * limit / rate if limit < 10**9 else None)
+            results[label] = result
+            print(f"  accepted {result['accepted']}, refused {result['refused']}, max depth {result['max_depth']}, "
+                  f"wait p99 {result['wait_p99_s']}, refusal p99 {result['refusal_p99_ms']} ms", flush=True)
+        finally:
+            for process in (worker, web):
+                if process is not None:
+                    process.stop()
+            redis.stop()
+            db.drop()
+
+    gated, open_ = results["with the gate"], results["without the gate"]
+    summary = [
+        {"metric": "Max queue depth under 5R, with the gate", "value": f"{gated['max_depth']} (limit {args.limit})",
+         "baseline": f"{open_['max_depth']} without the gate", "ratio": round(gated["max_depth"] / max(1, open_["max_depth"]), 3),
+         "target": "limit + documented overshoot", "ok": gated["max_depth"] <= args.limit * 1.25},
+        {"metric": "Wait p99 of accepted jobs, with the gate", "value": fmt(gated["wait_p99_s"], "s"),
+         "baseline": f"{fmt(open_['wait_p99_s'], 's')} without the gate (jobs started within the window)",
+         "ratio": round((gated["wait_p99_s"] or 0) / max(1e-9, gated["wait_bound_s"]), 3),
+         "target": f"<= 1.2 x limit / R = {gated['wait_bound_s']:.1f} s", "ok": (gated["wait_p99_s"] or 1e9) <= gated["wait_bound_s"]},
+        {"metric": "Refusal (503) response time p99", "value": fmt(gated["refusal_p99_ms"], "ms"),
+         "baseline": "", "ratio": None, "target": "< 5 ms", "ok": (gated["refusal_p99_ms"] or 1e9) < 5},
+    ]
+    chart = draw(results, args.limit)
+    for r in results.values():
+        r["samples"] = r["samples"][::5]
+    common.write_result(NAME, {
+        "title": "Overload: 5x the drain rate, with and without the gate",
+        "command": common.command_line(),
+        "setup": {"machine": common.machine(), "worker": "the Procfile's worker line, concurrency 1",
+                  "server": "the Procfile's web line (gunicorn)", "database": "SQLite (WAL)",
+                  "job": JOB, "producers": f"{args.producers} threads, httpx, loopback, open loop at 5R"},
+        "results": results, "summary": summary, "charts": [chart.name],
+    })
+
+
+def fmt(value, unit: str) -> str:
+    return "n/a" if value is None else f"{value:.2f} {unit}"
+
+
+def draw(results: dict, limit: int):
+    plt = common.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for label, r in results.items():
+        ax.plot([t for t, _, _ in r["samples"]], [d for _, d, _ in r["samples"]], label=label)
+    ax.axhline(limit, color="grey", linestyle="--", label=f"limit {limit}")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("queue depth")
+    ax.set_title("Queue depth under 5x overload")
+    ax.legend()
+    path = common.chart_path(NAME)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()
