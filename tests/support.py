@@ -154,25 +154,33 @@ class Worker:
 
     def kill_all(self) -> None:
         """SIGKILL the worker's whole process group: main process and pool children."""
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.process.wait(10)
+        if self.process is not None:
+            kill_group(self.process)
 
     def stop(self, timeout: float = 20) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL whatever is left of the group."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        self.kill_all()
+        if self.process is not None:
+            stop_group(self.process, timeout)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the process group a test started (start_new_session=True): the process and its children."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(10)
+
+
+def stop_group(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM and wait up to `timeout` (a warm shutdown), then SIGKILL whatever is left of the group."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_group(process)
 
 
 def chromium_path() -> str | None:

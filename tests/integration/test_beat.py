@@ -12,7 +12,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from jobs.backpressure import broker_list_names
 from jobs.models import Job
 from jobs.periodic import SCHEDULED_JOB_TASK
-from tests.support import BASE_DIR, LOG_DIR, database_url_for_subprocess, wait_for
+from tests.support import BASE_DIR, LOG_DIR, database_url_for_subprocess, stop_group, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -55,19 +55,8 @@ class Beat:
         return "beat lock taken" in self.log()
 
     def stop(self, timeout: float = 15) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, 9)
-        except ProcessLookupError:
-            pass
-        self.process.wait(10)
+        if self.process is not None:
+            stop_group(self.process, timeout)
 
 
 @pytest.fixture
