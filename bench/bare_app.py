@@ -2,7 +2,8 @@
 
 Celery's defaults, except what changes a guarantee or what is watched, which are set as the
 platform sets them: late acknowledgement, requeue on a lost worker, one message prefetched,
-JSON only, sent events, extended results. Same broker (CELERY_BROKER_URL) and database (DATABASE_URL) as the
+JSON only, extended results. Like the platform, it leaves task-sent events at Celery's
+default (off). Same broker (CELERY_BROKER_URL) and database (DATABASE_URL) as the
 platform; its worker runs the Procfile's worker line with `-A bench.bare_app`.
 """
 import os
@@ -27,7 +28,6 @@ app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
-    task_send_sent_event=True,
     task_default_queue=BARE_QUEUE,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,

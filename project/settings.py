@@ -186,7 +186,9 @@ CELERY_TASK_TIME_LIMIT = env.int("JOBS_DEFAULT_TIME_LIMIT", default=360)  # then
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_DEFAULT_PRIORITY = 5  # the middle of 0-9, so that jobs can go above or below
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows tasks live
-CELERY_TASK_SEND_SENT_EVENT = True  # and when they were sent
+# Celery's default, off: the task-sent event is a second message on every publish, 30-40% of a
+# submission's publishing cost, and all it adds is Flower's "sent" state before "received".
+CELERY_TASK_SEND_SENT_EVENT = env.bool("CELERY_TASK_SEND_SENT_EVENT", default=False)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "jobs.beat:SingleBeatScheduler"  # the database scheduler, one beat at a time (Redis lock)
 CELERY_RESULT_EXPIRES = None  # retention is ours (JOBS_RETENTION_DAYS), not Celery's default day
@@ -203,6 +205,9 @@ JOBS_QUEUE_LIMITS = {k: int(v) for k, v in env.dict("JOBS_QUEUE_LIMITS", default
 JOBS_QUEUE_LOW_WATERMARK = env.float("JOBS_QUEUE_LOW_WATERMARK", default=0.8)
 # How long one process trusts a depth reading; see backpressure.py for the overshoot it allows.
 JOBS_QUEUE_DEPTH_CACHE_SECONDS = env.float("JOBS_QUEUE_DEPTH_CACHE_SECONDS", default=0.25)
+# API token lookups are kept per process; a revoked token or a deactivated user stops working in
+# every process within this many seconds (at once in the one that changed it). 0: no cache.
+JOBS_TOKEN_CACHE_SECONDS = env.float("JOBS_TOKEN_CACHE_SECONDS", default=1.0)
 # Bounds of the Retry-After a refusal gives; with no drain observed (workers stopped), the upper one.
 JOBS_RETRY_AFTER_MAX = env.int("JOBS_RETRY_AFTER_MAX", default=60)
 JOBS_MAX_BODY_BYTES = env.int("JOBS_MAX_BODY_BYTES", default=256 * 1024)
