@@ -15,6 +15,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from .models import ApiToken, Job, JobError
+from .token_cache import CachedToken, token_cache
 
 
 def job_list(*, user, status: str | None = None, kind: str | None = None) -> QuerySet[Job]:
@@ -56,15 +57,25 @@ def job_status_counts(*, user) -> dict[str, int]:
 
 
 def api_token_user(*, plain: str):
-    """The user a bearer token belongs to, or None for an unknown or revoked token."""
+    """The user a bearer token belongs to, or None for an unknown or revoked token.
+
+    Kept per process between changes to tokens and users (jobs/token_cache.py): the lookup is on
+    every API request.
+    """
     digest = hashlib.sha256(plain.encode()).hexdigest()
-    token = ApiToken.objects.select_related("user").filter(key_hash=digest, revoked_at__isnull=True).first()
-    if token is None or not token.user.is_active:
-        return None
-    # Cheap enough to keep up to date, and tells the user which tokens are still in use.
-    if token.last_used_at is None or (timezone.now() - token.last_used_at).total_seconds() > 60:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
-    return token.user
+    cached = token_cache.get(digest)
+    if cached is None:
+        token = ApiToken.objects.select_related("user").filter(key_hash=digest, revoked_at__isnull=True).first()
+        if token is None or not token.user.is_active:
+            return None
+        cached = CachedToken(user=token.user, token_id=token.pk, last_used_at=token.last_used_at)
+        token_cache.put(digest, cached)
+    # Cheap enough to keep up to date once a minute, and tells the user which tokens are still in use.
+    now = timezone.now()
+    if cached.last_used_at is None or (now - cached.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=cached.token_id).update(last_used_at=now)
+        token_cache.touch(digest, now)
+    return cached.user
 
 
 def api_tokens_of(*, user) -> QuerySet[ApiToken]:

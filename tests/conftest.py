@@ -47,8 +47,10 @@ def _fresh_redis(redis_server):
         redis_server.start()
     redis_server.client().flushall()
     from jobs.backpressure import gauge
+    from jobs.token_cache import token_cache
 
     gauge.reset()
+    token_cache.clear()
     yield
 
 

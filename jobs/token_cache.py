@@ -1,0 +1,116 @@
+"""API token lookups kept per process, and forgotten everywhere as soon as any token or user changes.
+
+Finding the user of a bearer token is an ORM query on every API request: on a small machine as
+much CPU as the rest of a submission. Kept in the process, it is a dictionary lookup. A
+generation number in Redis says when what is kept may be stale: any save or delete of a token
+or a user bumps it, and each process compares it with the one its entries were read under at
+most every JOBS_TOKEN_CACHE_SECONDS. So a revoked token, a deleted token or a deactivated user
+stops working in every process within that time, and at once in the process that made the
+change. While Redis does not answer, nothing is kept and every request asks the database.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+import redis
+from django.conf import settings
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+GENERATION_KEY = "jobs:auth:generation"
+MAX_ENTRIES = 10_000  # a bound on memory: past it the cache starts over
+
+
+@dataclass
+class CachedToken:
+    user: object
+    token_id: int
+    last_used_at: datetime | None
+
+
+class TokenCache:
+    def __init__(self):
+        self._entries: dict[str, CachedToken] = {}
+        self._generation: bytes | None = None  # None: not known, nothing may be kept
+        self._checked_at = float("-inf")
+
+    def get(self, digest: str) -> CachedToken | None:
+        """The entry for a token's digest, if one is kept and still current."""
+        if not self._current():
+            return None
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        # A copy, so that what one request does to its user never reaches the next one.
+        return CachedToken(copy.copy(entry.user), entry.token_id, entry.last_used_at)
+
+    def put(self, digest: str, entry: CachedToken) -> None:
+        """Keep an entry read from the database after the last get (which checked the generation)."""
+        if self._generation is None or settings.JOBS_TOKEN_CACHE_SECONDS <= 0:
+            return
+        if len(self._entries) >= MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[digest] = CachedToken(copy.copy(entry.user), entry.token_id, entry.last_used_at)
+
+    def touch(self, digest: str, when: datetime) -> None:
+        entry = self._entries.get(digest)
+        if entry is not None:
+            entry.last_used_at = when
+
+    def invalidate(self) -> None:
+        """A token or a user changed: forget everything here, and tell every other process."""
+        self._entries.clear()
+        self._generation = None
+        try:
+            self._redis().incr(GENERATION_KEY)
+        except (redis.RedisError, OSError) as exc:
+            # The others notice when Redis is back: their next check fails, and a failed check forgets.
+            logger.warning("could not announce a token change (%s)", exc)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._generation = None
+        self._checked_at = float("-inf")
+
+    def _current(self) -> bool:
+        """Whether kept entries may be used: the generation was read, and is rechecked when due."""
+        interval = settings.JOBS_TOKEN_CACHE_SECONDS
+        if interval <= 0:
+            return False
+        now = time.monotonic()
+        if self._generation is not None and now - self._checked_at < interval:
+            return True
+        try:
+            generation = self._redis().get(GENERATION_KEY) or b"0"
+        except (redis.RedisError, OSError):
+            self.clear()
+            return False
+        if generation != self._generation:
+            self._entries.clear()
+            self._generation = generation
+        self._checked_at = now
+        return True
+
+    @staticmethod
+    def _redis() -> redis.Redis:
+        from .backpressure import gauge
+
+        return gauge.redis
+
+
+token_cache = TokenCache()
+
+
+def on_token_or_user_change(sender=None, **kwargs) -> None:
+    """Signal receiver: forget now (a test's transaction may never commit) and again after commit.
+
+    The second time closes a race: another process may read the old row and keep it between the
+    first announcement and the commit; the announcement after commit makes it drop that entry.
+    """
+    token_cache.invalidate()
+    transaction.on_commit(token_cache.invalidate)

@@ -1,0 +1,86 @@
+"""API token lookups are kept per process, and dropped when any token or user changes anywhere."""
+import pytest
+from django.utils import timezone
+
+from jobs import selectors, services
+from jobs.models import ApiToken
+from jobs.token_cache import GENERATION_KEY, token_cache
+from tests.support import wait_for
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def token(user):
+    return services.api_token_create(user=user)
+
+
+def test_a_known_token_is_found_without_a_query(token, user, django_assert_num_queries):
+    _, plain = token
+    assert selectors.api_token_user(plain=plain) == user  # reads the row, stamps last_used_at
+    with django_assert_num_queries(0):
+        assert selectors.api_token_user(plain=plain) == user
+
+
+def test_each_request_gets_its_own_copy_of_the_user(token, user):
+    _, plain = token
+    first = selectors.api_token_user(plain=plain)
+    first.first_name = "changed by one request"
+    assert selectors.api_token_user(plain=plain).first_name == ""
+
+
+def test_revoking_a_token_refuses_it_at_once(token):
+    stored, plain = token
+    assert selectors.api_token_user(plain=plain) is not None
+    services.api_token_revoke(token=stored)
+    assert selectors.api_token_user(plain=plain) is None
+
+
+def test_deactivating_the_user_refuses_the_token_at_once(token, user):
+    _, plain = token
+    assert selectors.api_token_user(plain=plain) is not None
+    user.is_active = False
+    user.save()
+    assert selectors.api_token_user(plain=plain) is None
+
+
+def test_a_change_announced_by_another_process_is_seen_within_the_interval(token, settings, redis_server):
+    settings.JOBS_TOKEN_CACHE_SECONDS = 0.2
+    stored, plain = token
+    assert selectors.api_token_user(plain=plain) is not None
+    # Another process revokes it: its row changes (no signal here) and it bumps the generation.
+    ApiToken.objects.filter(pk=stored.pk).update(revoked_at=timezone.now())
+    assert selectors.api_token_user(plain=plain) is not None, "kept until the generation changes"
+    redis_server.client().incr(GENERATION_KEY)
+    wait_for(lambda: selectors.api_token_user(plain=plain) is None, timeout=5,
+             message="the revoked token to be refused")
+
+
+def test_without_redis_every_lookup_asks_the_database(token, redis_server, django_assert_num_queries):
+    stored, plain = token
+    selectors.api_token_user(plain=plain)
+    redis_server.stop()
+    token_cache.clear()  # as when the process's next check finds Redis gone
+    with django_assert_num_queries(1):
+        assert selectors.api_token_user(plain=plain) is not None
+    ApiToken.objects.filter(pk=stored.pk).update(revoked_at=timezone.now())
+    assert selectors.api_token_user(plain=plain) is None
+
+
+def test_when_redis_goes_away_kept_entries_are_dropped(token, redis_server, settings):
+    settings.JOBS_TOKEN_CACHE_SECONDS = 0.05
+    stored, plain = token
+    assert selectors.api_token_user(plain=plain) is not None
+    redis_server.stop()
+    # Revoked elsewhere while nobody can announce it: the next check fails, and a failed check forgets.
+    ApiToken.objects.filter(pk=stored.pk).update(revoked_at=timezone.now())
+    wait_for(lambda: selectors.api_token_user(plain=plain) is None, timeout=5,
+             message="the revoked token to be refused")
+
+
+def test_no_cache_when_switched_off(token, settings, django_assert_num_queries):
+    settings.JOBS_TOKEN_CACHE_SECONDS = 0
+    _, plain = token
+    selectors.api_token_user(plain=plain)
+    with django_assert_num_queries(1):
+        assert selectors.api_token_user(plain=plain) is not None
