@@ -18,7 +18,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 from pydantic import ValidationError
 
-from . import metrics
+from . import metrics, prepared
 from .logging import log_transition
 from .models import ApiToken, Job, JobError
 from .registry import JobKind, get_kind, hard_time_limit
@@ -101,9 +101,11 @@ def job_submit(
         run_at=run_at or now,
         published_at=now if due and not job_kind.inline else None,
     )
+    # Prepared before the transaction: on SQLite the write lock is taken at BEGIN.
+    insert = prepared.prepare_insert(job)
     try:
         with transaction.atomic():
-            job.save(force_insert=True)
+            prepared.execute_insert(job, insert)
             if job_kind.on_submit is not None:
                 job_kind.on_submit(job, clean_params)
             if due and not job_kind.inline:
@@ -281,13 +283,7 @@ def _claim_update(*, job_id: str, token: uuid.UUID, worker: str, now: datetime, 
 
 
 def _update_returning_supported(connection) -> bool:
-    if connection.vendor == "postgresql":
-        return True
-    if connection.vendor == "sqlite":
-        import sqlite3
-
-        return sqlite3.sqlite_version_info >= (3, 35)
-    return False
+    return prepared.supported(connection, sqlite_from=(3, 35))
 
 
 @functools.cache
@@ -337,10 +333,7 @@ def _store_task_result(*, job_id: str, kind: JobKind, params: dict, status: str,
     backend = current_app.backend
     content_type, content_encoding, encoded = backend.encode_content(result)
     _, _, meta = backend.encode_content({"children": []})
-    # Celery itself may have written a row for this id (a run cancelled when the broker connection
-    # dropped is recorded as RETRY). The caller owns the job's finish, so its result replaces it.
-    TaskResult.objects.filter(task_id=job_id).delete()
-    TaskResult.objects.create(
+    row = TaskResult(
         task_id=job_id,
         task_name=kind.task_name,
         task_args=json.dumps([job_id, params]),
@@ -354,9 +347,27 @@ def _store_task_result(*, job_id: str, kind: JobKind, params: dict, status: str,
         meta=meta,
         date_started=started_at,
     )
+    # Celery itself may have written a row for this id (a run cancelled when the broker connection
+    # dropped is recorded as RETRY). The caller owns the job's finish, so its result replaces it.
+    prepared.insert(row, replace_on="task_id")
 
 
-@transaction.atomic
+@functools.cache
+def _finish_sql(alias: str) -> str:
+    """The finish's conditional UPDATE, built once (it is on every job's path, like the claim)."""
+    quote = connections[alias].ops.quote_name
+
+    def col(name: str) -> str:
+        return quote(Job._meta.get_field(name).column)
+
+    return (
+        f"UPDATE {quote(Job._meta.db_table)} SET {col('status')} = %s, {col('finished_at')} = %s, "
+        f"{col('claim_token')} = NULL, {col('lease_expires_at')} = NULL, "
+        f"{col('progress_done')} = {col('progress_total')}, {col('updated_at')} = %s "
+        f"WHERE {col('id')} = %s AND {col('claim_token')} = %s AND {col('status')} = %s"
+    )
+
+
 def job_succeed(*, job_id: str, claim: Claim, kind: JobKind, params: dict, result, worker: str) -> bool:
     """Finish the run: one conditional UPDATE, and the TaskResult in the same transaction.
 
@@ -364,18 +375,22 @@ def job_succeed(*, job_id: str, claim: Claim, kind: JobKind, params: dict, resul
     records two results.
     """
     now = timezone.now()
-    finished = Job.objects.filter(pk=job_id, claim_token=claim.token, status=S.RUNNING).update(
-        status=S.SUCCEEDED,
-        finished_at=now,
-        claim_token=None,
-        lease_expires_at=None,
-        progress_done=F("progress_total"),
-        updated_at=now,
-    )
-    if not finished:
-        return False
-    _store_task_result(job_id=job_id, kind=kind, params=params, status="SUCCESS", result=result,
-                       worker=worker, started_at=claim.started_at)
+    connection = connections[Job.objects.db]
+    field = Job._meta.get_field
+    at = field("finished_at")
+    finish_params = [
+        S.SUCCEEDED, at.get_db_prep_value(now, connection), at.get_db_prep_value(now, connection),
+        Job._meta.pk.get_db_prep_value(job_id, connection),
+        field("claim_token").get_db_prep_value(claim.token, connection), S.RUNNING,
+    ]
+    with transaction.atomic(using=connection.alias):
+        with connection.cursor() as cursor:
+            cursor.execute(_finish_sql(connection.alias), finish_params)
+            finished = cursor.rowcount
+        if not finished:
+            return False
+        _store_task_result(job_id=job_id, kind=kind, params=params, status="SUCCESS", result=result,
+                           worker=worker, started_at=claim.started_at)
     log_transition("succeeded", job_id=job_id, kind=kind.name, attempt=claim.attempt or None)
     metrics.job_finished(kind=kind.name, queue=kind.queue, status=S.SUCCEEDED,
                          run_seconds=(now - claim.started_at).total_seconds())

@@ -1,0 +1,57 @@
+"""Prepared inserts write the row save() would write, and replace a row that has the same key."""
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django_celery_results.models import TaskResult
+
+from jobs import prepared
+from jobs.models import Job
+
+pytestmark = pytest.mark.django_db
+
+
+def job_like(user, **overrides):
+    when = timezone.now() - timedelta(minutes=5)
+    values = dict(id=uuid.uuid4(), kind="count_primes", params={"limit": 10, "nested": {"a": [1, 2.5, None]}},
+                  owner=user, queue="cpu", priority=7, idempotency_key="key-" + uuid.uuid4().hex,
+                  attempt_limit=3, created_at=when, run_at=when + timedelta(seconds=30))
+    return Job(**{**values, **overrides})
+
+
+def test_a_prepared_insert_writes_what_save_writes(user):
+    by_orm = job_like(user)
+    by_orm.save(force_insert=True)
+    by_statement = job_like(user, params=by_orm.params, created_at=by_orm.created_at, run_at=by_orm.run_at)
+    prepared.insert(by_statement)
+
+    def row(job):
+        values = Job.objects.filter(pk=job.pk).values().get()
+        return {k: v for k, v in values.items() if k not in ("id", "idempotency_key", "updated_at")}
+
+    assert row(by_statement) == row(by_orm)
+    stored = Job.objects.get(pk=by_statement.pk)
+    assert stored.updated_at is not None and stored.params == by_orm.params and stored.owner == user
+    # The instance now stands for a stored row: saving it again updates, it does not insert twice.
+    assert not by_statement._state.adding
+    by_statement.priority = 1
+    by_statement.save()
+    assert Job.objects.get(pk=by_statement.pk).priority == 1
+
+
+def test_a_unique_key_is_still_enforced(user):
+    from django.db import IntegrityError, transaction
+
+    first = job_like(user)
+    prepared.insert(first)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        prepared.insert(job_like(user, idempotency_key=first.idempotency_key))
+
+
+def test_replace_on_replaces_the_row_with_the_same_key():
+    task_id = str(uuid.uuid4())
+    prepared.insert(TaskResult(task_id=task_id, status="RETRY", result='{"retry": true}'), replace_on="task_id")
+    prepared.insert(TaskResult(task_id=task_id, status="SUCCESS", result="42"), replace_on="task_id")
+    rows = list(TaskResult.objects.filter(task_id=task_id).values_list("status", "result"))
+    assert rows == [("SUCCESS", "42")]
