@@ -4,6 +4,10 @@ Cost: one Redis round trip (a pipeline) per check at most, no database access. A
 trusted for JOBS_QUEUE_DEPTH_CACHE_SECONDS in each process, so the queue can overshoot its
 limit by at most (web processes x submissions each accepts per second x that TTL): with the
 defaults (0.25 s) and 2 gunicorn workers at 500 submissions/s each, 250 messages.
+
+The cluster-wide counters of accepted and refused submissions are written the same way: each
+process adds up its own and sends them at most every COUNTS_FLUSH_SECONDS (and before it reads
+them), so that counting is not a round trip on every submission.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import logging
 import math
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import redis
@@ -28,6 +33,7 @@ DRAIN_KEY = "jobs:drained:{second}"
 GATE_KEY = "jobs:gate:{queue}"
 COUNTERS_KEY = "jobs:submissions"
 DRAIN_WINDOW = 10  # seconds of claims the drain rate is averaged over
+COUNTS_FLUSH_SECONDS = 0.25
 
 
 class BrokerUnavailable(Exception):
@@ -94,12 +100,16 @@ class QueueGauge:
         self._snapshot: Snapshot | None = None
         self._redis: redis.Redis | None = None
         self._broker_redis: redis.Redis | None = None
+        self._pending_counts: Counter[str] = Counter()
+        self._counts_sent_at = float("-inf")
 
     def reset(self) -> None:
         with self._lock:
             self._snapshot = None
             self._redis = None
             self._broker_redis = None
+            self._pending_counts = Counter()
+            self._counts_sent_at = float("-inf")
 
     @property
     def redis(self) -> redis.Redis:
@@ -194,12 +204,30 @@ class QueueGauge:
 
     def count_submission(self, outcome: str) -> None:
         metrics.submission_outcome(outcome)  # this host's Prometheus counter; the Redis hash is cluster-wide
+        with self._lock:
+            self._pending_counts[outcome] += 1
+            due = time.monotonic() - self._counts_sent_at >= COUNTS_FLUSH_SECONDS
+        if due:
+            self.flush_counts()
+
+    def flush_counts(self) -> None:
+        """Add this process's counts to the cluster-wide ones; kept for the next try if Redis fails."""
+        with self._lock:
+            pending, self._pending_counts = self._pending_counts, Counter()
+            self._counts_sent_at = time.monotonic()
+        if not pending:
+            return
         try:
-            self.redis.hincrby(COUNTERS_KEY, outcome, 1)
-        except redis.RedisError:
-            pass
+            pipe = self.redis.pipeline(transaction=False)
+            for outcome, n in pending.items():
+                pipe.hincrby(COUNTERS_KEY, outcome, n)
+            pipe.execute()
+        except (redis.RedisError, OSError):
+            with self._lock:
+                self._pending_counts.update(pending)
 
     def submission_counts(self) -> dict[str, int]:
+        self.flush_counts()
         try:
             return {k.decode(): int(v) for k, v in self.redis.hgetall(COUNTERS_KEY).items()}
         except redis.RedisError:

@@ -1,4 +1,5 @@
-"""Gunicorn hooks for the web process: prometheus-client's multiprocess bookkeeping (see jobs/metrics.py)."""
+"""Gunicorn hooks for the web process: prometheus-client's multiprocess bookkeeping (see jobs/metrics.py),
+and the submission counts a worker still holds when it exits (see jobs/backpressure.py)."""
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -16,3 +17,10 @@ def child_exit(server, worker):
     from jobs import metrics
 
     metrics.on_process_exit(worker.pid)
+
+
+def worker_exit(server, worker):
+    """In a worker that is exiting: send the submission counts it has not sent yet."""
+    from jobs.backpressure import gauge
+
+    gauge.flush_counts()

@@ -82,6 +82,20 @@ def test_per_queue_limits_refuse_only_their_queue(submit, settings):
     assert submit({"kind": "noop"}).status_code == 202
 
 
+def test_submission_counts_are_sent_in_batches_and_survive_a_redis_outage(redis_server):
+    from jobs.backpressure import COUNTERS_KEY
+
+    gauge.count_submission("accepted")  # the first is sent at once
+    gauge.count_submission("accepted")  # the next ones wait for the interval, or for a read
+    assert redis_server.client().hget(COUNTERS_KEY, "accepted") == b"1"
+    assert gauge.submission_counts()["accepted"] == 2
+    redis_server.stop()  # it keeps nothing: the counts start again from 0
+    gauge.count_submission("refused_queue_full")
+    gauge.flush_counts()  # fails: kept for the next try
+    redis_server.start()
+    assert gauge.submission_counts() == {"refused_queue_full": 1}
+
+
 def test_retry_after_follows_the_drain_rate(settings):
     settings.JOBS_RETRY_AFTER_MAX = 60
     state = QueueState("default", depth=1000, limit=1000, low_mark=800, closed=True)
