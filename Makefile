@@ -29,9 +29,9 @@ $(VENV)/.installed-bench: $(VENV)/.installed-dev bench/requirements.txt
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	touch $@
 
-# wrk drives the HTTP benchmarks: Debian's package, installed when missing (as root).
+# wrk and hey drive the HTTP benchmarks: Debian's packages, installed when missing (as root).
 bench: $(VENV)/.installed-bench
-	@command -v wrk >/dev/null || apt-get install -y wrk >/dev/null || (apt-get update >/dev/null && apt-get install -y wrk >/dev/null)
+	@(command -v wrk && command -v hey) >/dev/null || apt-get install -y wrk hey >/dev/null || (apt-get update >/dev/null && apt-get install -y wrk hey >/dev/null)
 	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:

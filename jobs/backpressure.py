@@ -1,9 +1,10 @@
 """Back pressure: the broker's queue depth, the gate that refuses submissions over the limit, and its middleware.
 
 Cost: one Redis round trip (a pipeline) per check at most, no database access. A reading is
-trusted for JOBS_QUEUE_DEPTH_CACHE_SECONDS in each process, so the queue can overshoot its
-limit by at most (web processes x submissions each accepts per second x that TTL): with the
-defaults (0.25 s) and 2 gunicorn workers at 500 submissions/s each, 250 messages.
+trusted for JOBS_QUEUE_DEPTH_CACHE_SECONDS in each process, unless the submissions that process
+accepted since could have filled a queue (then it reads again). So the queue can overshoot its
+limit by at most what the other web processes accept in that TTL: with the defaults (0.1 s) and
+2 gunicorn workers at 500 submissions/s each, 50 messages.
 
 The cluster-wide counters of accepted and refused submissions are written the same way: each
 process adds up its own and sends them at most every COUNTS_FLUSH_SECONDS (and before it reads
@@ -102,6 +103,7 @@ class QueueGauge:
         self._broker_redis: redis.Redis | None = None
         self._pending_counts: Counter[str] = Counter()
         self._counts_sent_at = float("-inf")
+        self._accepted_since_read: Counter[str] = Counter()
 
     def reset(self) -> None:
         with self._lock:
@@ -110,6 +112,7 @@ class QueueGauge:
             self._broker_redis = None
             self._pending_counts = Counter()
             self._counts_sent_at = float("-inf")
+            self._accepted_since_read = Counter()
 
     @property
     def redis(self) -> redis.Redis:
@@ -134,11 +137,16 @@ class QueueGauge:
         return self._broker_redis
 
     def snapshot(self, *, max_age: float | None = None) -> Snapshot:
-        """The current depths; raises BrokerUnavailable when the broker does not answer."""
+        """The current depths; raises BrokerUnavailable when the broker does not answer.
+
+        A cached reading is not trusted once this process's own submissions since then could
+        have filled a queue: it reads again, so that the overshoot comes from the other processes only.
+        """
         ttl = settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS if max_age is None else max_age
         snap = self._snapshot
-        if snap is not None and time.monotonic() - snap.taken_at < ttl:
+        if snap is not None and time.monotonic() - snap.taken_at < ttl and not self._may_be_full(snap):
             return snap
+        self._accepted_since_read = Counter()
         snap = self._read()
         self._snapshot = snap
         return snap
@@ -201,6 +209,19 @@ class QueueGauge:
             logger.info("queue_gate queue=%s state=%s depth=%s limit=%s", queue, "closed" if closed else "open",
                         depth, limit)
         return QueueState(queue, depth, limit, low, closed)
+
+    def note_accepted(self, queue: str) -> None:
+        """A submission to `queue` was accepted since the last reading."""
+        self._accepted_since_read[queue] += 1
+        self._accepted_since_read["*"] += 1
+
+    def _may_be_full(self, snap: Snapshot) -> bool:
+        mine = self._accepted_since_read
+        if not mine:
+            return False
+        if snap.total_depth + mine["*"] >= snap.total_limit:
+            return True
+        return any(state.depth + mine[name] >= state.limit for name, state in snap.queues.items() if mine[name])
 
     def count_submission(self, outcome: str) -> None:
         metrics.submission_outcome(outcome)  # this host's Prometheus counter; the Redis hash is cluster-wide
@@ -293,15 +314,19 @@ class BackPressureMiddleware:
     """Refuses job submissions with 503 and Retry-After while the broker queue is over its limit.
 
     Only POSTs to the submit endpoints are gated; reads, the admin, login, health and metrics
-    never are. Inline kinds are not gated: they never touch the queue.
+    never are. Inline kinds are not gated: they never touch the queue. Each subclass gates one
+    endpoint, so that each can sit where its refusal is cheapest (see MIDDLEWARE in settings).
     """
+
+    channel: str = ""
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.paths = {path for path, channel in SUBMIT_PATHS.items() if channel == self.channel}
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        channel = SUBMIT_PATHS.get(request.path_info.rstrip("/") or "/")
-        if channel is None or request.method != "POST":
+        channel = self.channel
+        if request.method != "POST" or (request.path_info.rstrip("/") or "/") not in self.paths:
             return self.get_response(request)
         kind = get_kind(_submitted_kind(request) or "")
         if kind is not None and kind.inline:
@@ -325,6 +350,8 @@ class BackPressureMiddleware:
         response = self.get_response(request)
         if response.status_code in (200, 201, 202, 302):
             gauge.count_submission("accepted")
+            if kind is not None:
+                gauge.note_accepted(kind.queue)
         return response
 
     def _refuse(self, request, channel: str, body: dict, retry_after: int) -> HttpResponse:
@@ -334,3 +361,15 @@ class BackPressureMiddleware:
             response = HttpResponse(render_to_string("503.html", {"refusal": body}, request=request), status=503)
         response["Retry-After"] = str(retry_after)
         return response
+
+
+class ApiBackPressureMiddleware(BackPressureMiddleware):
+    """POST /api/jobs. Its refusal is JSON and needs no session, user or CSRF token: it goes first."""
+
+    channel = "api"
+
+
+class FormBackPressureMiddleware(BackPressureMiddleware):
+    """The dashboard's submit form. Its refusal is a page with the user's menu and a CSRF token: it goes last."""
+
+    channel = "form"

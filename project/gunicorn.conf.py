@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
+# Gunicorn's combined format, and how long the worker took to answer (microseconds).
+access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" rt_us=%(D)s'
+
 
 def on_starting(server):
     """In the arbiter, before any worker forks: fold the metrics files that exited processes left."""

@@ -35,6 +35,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "jobs.middleware.BodySizeLimitMiddleware",
+    # Early, so that refusing an API submission costs the depth check and little else.
+    "jobs.backpressure.ApiBackPressureMiddleware",
     "jobs.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -44,8 +46,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    # Last, so that a refusal costs nothing but the depth check; it needs no session or user.
-    "jobs.backpressure.BackPressureMiddleware",
+    # Last: the refusal page of the dashboard's form needs the session, the user and the CSRF token.
+    "jobs.backpressure.FormBackPressureMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -204,7 +206,7 @@ JOBS_QUEUE_LIMITS = {k: int(v) for k, v in env.dict("JOBS_QUEUE_LIMITS", default
 # Submissions are accepted again once the depth falls below this share of the limit.
 JOBS_QUEUE_LOW_WATERMARK = env.float("JOBS_QUEUE_LOW_WATERMARK", default=0.8)
 # How long one process trusts a depth reading; see backpressure.py for the overshoot it allows.
-JOBS_QUEUE_DEPTH_CACHE_SECONDS = env.float("JOBS_QUEUE_DEPTH_CACHE_SECONDS", default=0.25)
+JOBS_QUEUE_DEPTH_CACHE_SECONDS = env.float("JOBS_QUEUE_DEPTH_CACHE_SECONDS", default=0.1)
 # API token lookups are kept per process; a revoked token or a deactivated user stops working in
 # every process within this many seconds (at once in the one that changed it). 0: no cache.
 JOBS_TOKEN_CACHE_SECONDS = env.float("JOBS_TOKEN_CACHE_SECONDS", default=1.0)

@@ -73,6 +73,14 @@ def test_submissions_are_refused_at_the_limit_and_accepted_below_the_low_mark(
     assert counts["refused_queue_full"] == 2 and counts["accepted"] == 6
 
 
+def test_a_process_does_not_trust_a_reading_its_own_submissions_have_outdated(submit, settings):
+    settings.JOBS_QUEUE_LIMIT = 5
+    settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 60  # the reading taken before the first submission would stand
+    assert fill(submit, 5) == [202] * 5
+    refused = submit({"kind": "noop"})
+    assert refused.status_code == 503 and refused.json()["depth"] == 5
+
+
 def test_per_queue_limits_refuse_only_their_queue(submit, settings):
     settings.JOBS_QUEUE_LIMITS = {"cpu": 2}
     settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 0
