@@ -171,8 +171,11 @@ def main() -> None:
             "Bare Celery's Django fixup closes the database connection around every task, so each task "
             "reconnects (a new server process on PostgreSQL); the platform's workers keep theirs "
             "(CONN_MAX_AGE, recycled per task as Django does per request).",
-            "On SQLite every write takes the database's one write lock: the producer's inserts wait on the "
-            "worker's claims and finishes, which is where the platform loses most on SQLite.",
+            "On SQLite every write takes the database's one write lock, from BEGIN to COMMIT: the platform's "
+            "three writes are prepared statements (jobs/prepared.py, the claim's and the finish's UPDATE built "
+            "once), so the lock is held for the statements and not for the ORM compiling them; Celery's "
+            "update_or_create of its TaskResult holds it for a SELECT and an INSERT through the ORM.",
+            "Neither side sends task-sent events (Celery's default); both workers send task events for Flower.",
         ],
         "summary": summary,
         "charts": [chart.name] if chart else [],
