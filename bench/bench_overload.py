@@ -54,18 +54,9 @@ def measure_drain_rate(base: str, headers: dict, redis, backlog: int) -> float:
     return max(1.0, (d1 - d2) / max(1e-3, t2 - t1))
 
 
-def hey_path() -> str | None:
-    import shutil
-
-    return shutil.which("hey")
-
-
 def run(label: str, *, base: str, token: str, redis, rate: float, seconds: float, producers: int) -> dict:
     """Producers at `rate` for `seconds` (hey: Go, light, one row per request), the depth sampled meanwhile."""
-    import csv
-    import io
     import json
-    import subprocess
     from datetime import timezone
 
     samples = []
@@ -80,22 +71,10 @@ def run(label: str, *, base: str, token: str, redis, rate: float, seconds: float
     sampling = threading.Thread(target=sampler)
     started_at = datetime.now(timezone.utc).replace(tzinfo=None)
     sampling.start()
-    # One hey process per producer, started 1/rate apart: the producers' requests interleave
-    # instead of leaving in bursts (hey's workers in one process all tick at the same instants).
-    processes = []
-    for _ in range(producers):
-        processes.append(subprocess.Popen(
-            [hey_path(), "-z", f"{seconds:g}s", "-c", "1", "-q", f"{rate / producers:.3f}", "-m", "POST",
-             "-T", "application/json", "-d", json.dumps(JOB), "-H", f"Authorization: Bearer {token}",
-             "-disable-keepalive", "-o", "csv", base + "/api/jobs"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
-        time.sleep(1 / rate)
-    rows = []
-    for process in processes:
-        out, _ = process.communicate(timeout=seconds + 120)
-        rows += list(csv.DictReader(io.StringIO(out)))
-    statuses = [int(row["status-code"]) for row in rows]
-    refused_ms = [float(row["response-time"]) * 1000 for row in rows if row["status-code"] == "503"]
+    rows = common.hey_paced(base + "/api/jobs", rate=rate, seconds=seconds, clients=producers, method="POST",
+                            body=json.dumps(JOB), token=token)
+    statuses = [row["status"] for row in rows]
+    refused_ms = [row["seconds"] * 1000 for row in rows if row["status"] == 503]
     final_depth = queue_depth(redis)
     # Let the accepted jobs run, for a bounded time, to read their waits.
     deadline = time.monotonic() + 90
@@ -146,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import httpx  # noqa: F401
-    if hey_path() is None:
+    if common.hey_path() is None:
         sys.exit("hey is not installed (Debian: apt-get install -y hey); `make bench` installs it")
 
     results = {}

@@ -426,3 +426,59 @@ def wrk(url: str, *, seconds: float, connections: int, threads: int = 2, method:
         "connections": connections,
         "target_rate": rate,
     }
+
+
+def hey_path() -> str | None:
+    import shutil
+
+    return shutil.which("hey")
+
+
+def hey_paced(url: str, *, rate: float, seconds: float, clients: int, method: str = "GET", body: str = "",
+              token: str = "") -> list[dict]:
+    """Requests at a fixed overall rate: `clients` hey processes, each one connection paced to rate/clients
+    and started 1/rate after the previous one, so that requests arrive evenly spaced (hey's workers in one
+    process tick at the same instants: bursts). One row per request: status, seconds, as hey's CSV gives them.
+    """
+    import csv
+    import io
+
+    command = [hey_path(), "-z", f"{seconds:g}s", "-c", "1", "-q", f"{rate / clients:.4f}", "-m", method,
+               "-disable-keepalive", "-o", "csv"]
+    if body:
+        command += ["-T", "application/json", "-d", body]
+    if token:
+        command += ["-H", f"Authorization: Bearer {token}"]
+    processes = []
+    try:
+        for _ in range(clients):
+            processes.append(subprocess.Popen([*command, url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                              text=True))
+            time.sleep(1 / rate)
+        rows = []
+        for process in processes:
+            out, _ = process.communicate(timeout=seconds + 120)
+            rows += list(csv.DictReader(io.StringIO(out)))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return [{"status": int(row["status-code"]), "seconds": float(row["response-time"]),
+             "offset": float(row["offset"])} for row in rows]
+
+
+def hey_summary(rows: list[dict], *, seconds: float, target_rate: float) -> dict:
+    """The same figures as wrk(): achieved rate, latency percentiles in ms, non-2xx answers."""
+    ms = [row["seconds"] * 1000 for row in rows]
+    return {
+        "rate": len(rows) / seconds,
+        "requests": len(rows),
+        "p50_ms": percentile(ms, 50),
+        "p90_ms": percentile(ms, 90),
+        "p99_ms": percentile(ms, 99),
+        "non_2xx": sum(1 for row in rows if not 200 <= row["status"] < 300),
+        "socket_errors": 0,
+        "clients": None,
+        "target_rate": target_rate,
+    }
