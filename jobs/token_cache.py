@@ -6,7 +6,9 @@ generation number in Redis says when what is kept may be stale: any save or dele
 or a user bumps it, and each process compares it with the one its entries were read under at
 most every JOBS_TOKEN_CACHE_SECONDS. So a revoked token, a deleted token or a deactivated user
 stops working in every process within that time, and at once in the process that made the
-change. While Redis does not answer, nothing is kept and every request asks the database.
+change. While Redis does not answer, nothing is kept and every request asks the database; a
+change that could not be announced then is announced as soon as Redis answers again, and no entry
+is kept longer than MAX_ENTRY_AGE seconds whatever happens.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 GENERATION_KEY = "jobs:auth:generation"
 MAX_ENTRIES = 10_000  # a bound on memory: past it the cache starts over
+MAX_ENTRY_AGE = 60.0  # seconds: the bound on a stale entry should an announcement be lost
 
 
 @dataclass
@@ -31,6 +34,7 @@ class CachedToken:
     user: object
     token_id: int
     last_used_at: datetime | None
+    kept_at: float = 0.0  # time.monotonic() when read from the database
 
 
 class TokenCache:
@@ -38,16 +42,17 @@ class TokenCache:
         self._entries: dict[str, CachedToken] = {}
         self._generation: bytes | None = None  # None: not known, nothing may be kept
         self._checked_at = float("-inf")
+        self._announcement_pending = False
 
     def get(self, digest: str) -> CachedToken | None:
         """The entry for a token's digest, if one is kept and still current."""
         if not self._current():
             return None
         entry = self._entries.get(digest)
-        if entry is None:
+        if entry is None or time.monotonic() - entry.kept_at > MAX_ENTRY_AGE:
             return None
         # A copy, so that what one request does to its user never reaches the next one.
-        return CachedToken(copy.copy(entry.user), entry.token_id, entry.last_used_at)
+        return CachedToken(copy.copy(entry.user), entry.token_id, entry.last_used_at, entry.kept_at)
 
     def put(self, digest: str, entry: CachedToken) -> None:
         """Keep an entry read from the database after the last get (which checked the generation)."""
@@ -55,7 +60,8 @@ class TokenCache:
             return
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
-        self._entries[digest] = CachedToken(copy.copy(entry.user), entry.token_id, entry.last_used_at)
+        self._entries[digest] = CachedToken(copy.copy(entry.user), entry.token_id, entry.last_used_at,
+                                            time.monotonic())
 
     def touch(self, digest: str, when: datetime) -> None:
         entry = self._entries.get(digest)
@@ -66,11 +72,17 @@ class TokenCache:
         """A token or a user changed: forget everything here, and tell every other process."""
         self._entries.clear()
         self._generation = None
+        self._announce()
+
+    def _announce(self) -> None:
         try:
             self._redis().incr(GENERATION_KEY)
+            self._announcement_pending = False
         except (redis.RedisError, OSError) as exc:
-            # The others notice when Redis is back: their next check fails, and a failed check forgets.
-            logger.warning("could not announce a token change (%s)", exc)
+            # Processes that cannot reach Redis keep nothing; this one tells the others once it can.
+            if not self._announcement_pending:
+                logger.info("token change to be announced when Redis answers (%s)", exc)
+            self._announcement_pending = True
 
     def clear(self) -> None:
         self._entries.clear()
@@ -85,6 +97,8 @@ class TokenCache:
         now = time.monotonic()
         if self._generation is not None and now - self._checked_at < interval:
             return True
+        if self._announcement_pending:
+            self._announce()
         try:
             generation = self._redis().get(GENERATION_KEY) or b"0"
         except (redis.RedisError, OSError):

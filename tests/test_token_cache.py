@@ -4,6 +4,7 @@ from django.utils import timezone
 
 from jobs import selectors, services
 from jobs.models import ApiToken
+from jobs import token_cache as token_cache_module
 from jobs.token_cache import GENERATION_KEY, token_cache
 from tests.support import wait_for
 
@@ -82,5 +83,23 @@ def test_no_cache_when_switched_off(token, settings, django_assert_num_queries):
     settings.JOBS_TOKEN_CACHE_SECONDS = 0
     _, plain = token
     selectors.api_token_user(plain=plain)
+    with django_assert_num_queries(1):
+        assert selectors.api_token_user(plain=plain) is not None
+
+
+def test_a_change_made_while_redis_was_away_is_announced_when_it_is_back(token, redis_server):
+    stored, plain = token
+    redis_server.stop()
+    services.api_token_revoke(token=stored)  # cannot be announced now
+    redis_server.start()
+    before = int(redis_server.client().get(GENERATION_KEY) or 0)
+    assert selectors.api_token_user(plain=plain) is None  # the next check announces it
+    assert int(redis_server.client().get(GENERATION_KEY) or 0) > before
+
+
+def test_no_entry_outlives_its_maximum_age(token, monkeypatch, django_assert_num_queries):
+    _, plain = token
+    selectors.api_token_user(plain=plain)
+    monkeypatch.setattr(token_cache_module, "MAX_ENTRY_AGE", 0.0)
     with django_assert_num_queries(1):
         assert selectors.api_token_user(plain=plain) is not None
