@@ -6,9 +6,10 @@ accepted since could have filled a queue (then it reads again). So the queue can
 limit by at most what the other web processes accept in that TTL: with the defaults (0.1 s) and
 2 gunicorn workers at 500 submissions/s each, 50 messages.
 
-The cluster-wide counters of accepted and refused submissions are written the same way: each
-process adds up its own and sends them at most every COUNTS_FLUSH_SECONDS (and before it reads
-them), so that counting is not a round trip on every submission.
+The cluster-wide counters of accepted and refused submissions are written in batches: each
+process adds up its own and sends them with a submission at most every COUNTS_FLUSH_SECONDS,
+before it reads them, and when its gunicorn worker exits, so that counting is not a round trip
+on every submission.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ import redis
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.template.loader import render_to_string
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import metrics
 from .registry import get_kind
@@ -101,6 +104,7 @@ class QueueGauge:
         self._snapshot: Snapshot | None = None
         self._redis: redis.Redis | None = None
         self._broker_redis: redis.Redis | None = None
+        self._counts_redis: redis.Redis | None = None
         self._pending_counts: Counter[str] = Counter()
         self._counts_sent_at = float("-inf")
         self._accepted_since_read: Counter[str] = Counter()
@@ -110,6 +114,7 @@ class QueueGauge:
             self._snapshot = None
             self._redis = None
             self._broker_redis = None
+            self._counts_redis = None
             self._pending_counts = Counter()
             self._counts_sent_at = float("-inf")
             self._accepted_since_read = Counter()
@@ -122,6 +127,14 @@ class QueueGauge:
                 settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
             )
         return self._redis
+
+    @property
+    def counts_redis(self) -> redis.Redis:
+        """The platform's Redis without retries, for the counters: adding a batch twice would count it twice."""
+        if self._counts_redis is None:
+            self._counts_redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5,
+                                                      socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+        return self._counts_redis
 
     def _broker_is_redis(self) -> bool:
         return settings.CELERY_BROKER_URL.startswith(("redis://", "rediss://", "redis+socket://"))
@@ -146,8 +159,8 @@ class QueueGauge:
         snap = self._snapshot
         if snap is not None and time.monotonic() - snap.taken_at < ttl and not self._may_be_full(snap):
             return snap
-        self._accepted_since_read = Counter()
         snap = self._read()
+        self._accepted_since_read = Counter()
         self._snapshot = snap
         return snap
 
@@ -239,10 +252,12 @@ class QueueGauge:
         if not pending:
             return
         try:
-            pipe = self.redis.pipeline(transaction=False)
+            pipe = self.counts_redis.pipeline(transaction=False)
             for outcome, n in pending.items():
                 pipe.hincrby(COUNTERS_KEY, outcome, n)
             pipe.execute()
+        except redis.TimeoutError:
+            pass  # it may have been counted: sending it again could count it twice
         except (redis.RedisError, OSError):
             with self._lock:
                 self._pending_counts.update(pending)

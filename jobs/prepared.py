@@ -68,9 +68,11 @@ def execute_insert(obj: Model, statement: tuple[str, list, str]) -> None:
 
 
 def insert(obj: Model, *, replace_on: str | None = None) -> None:
-    """Insert `obj` as save(force_insert=True) would; with `replace_on`, replace a row that has its value.
+    """Insert the row save(force_insert=True) would; with `replace_on`, replace a row that has its value.
 
-    Models with an auto-incremented key get no key back: use it where the row is found by another field.
+    Unlike save(), no pre_save/post_save signal is sent and no save() override runs: use it for
+    models that have neither (Job and TaskResult here). Models with an auto-incremented key get no
+    key back: use it where the row is found by another field.
     """
     alias = router.db_for_write(type(obj), instance=obj)
     connection = connections[alias]

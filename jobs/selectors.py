@@ -65,11 +65,12 @@ def api_token_user(*, plain: str):
     digest = hashlib.sha256(plain.encode()).hexdigest()
     cached = token_cache.get(digest)
     if cached is None:
+        generation = token_cache.generation  # before the read: a change after it must not be hidden
         token = ApiToken.objects.select_related("user").filter(key_hash=digest, revoked_at__isnull=True).first()
         if token is None or not token.user.is_active:
             return None
         cached = CachedToken(user=token.user, token_id=token.pk, last_used_at=token.last_used_at)
-        token_cache.put(digest, cached)
+        token_cache.put(digest, cached, generation=generation)
     # Cheap enough to keep up to date once a minute, and tells the user which tokens are still in use.
     now = timezone.now()
     if cached.last_used_at is None or (now - cached.last_used_at).total_seconds() > 60:

@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, connections, router, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django_celery_results.models import TaskResult
@@ -325,14 +325,14 @@ def job_is_current(*, job_id: str, token: uuid.UUID) -> bool:
     return Job.objects.filter(pk=job_id, claim_token=token, status=S.RUNNING).exists()
 
 
-def _store_task_result(*, job_id: str, kind: JobKind, params: dict, status: str, result, traceback: str = "",
-                       worker: str = "", started_at=None) -> None:
+def _task_result_row(*, job_id: str, kind: JobKind, params: dict, status: str, result, traceback: str = "",
+                     worker: str = "", started_at=None) -> TaskResult:
     from celery import current_app
 
     backend = current_app.backend
     content_type, content_encoding, encoded = backend.encode_content(result)
     _, _, meta = backend.encode_content({"children": []})
-    row = TaskResult(
+    return TaskResult(
         task_id=job_id,
         task_name=kind.task_name,
         task_args=json.dumps([job_id, params]),
@@ -346,9 +346,12 @@ def _store_task_result(*, job_id: str, kind: JobKind, params: dict, status: str,
         meta=meta,
         date_started=started_at,
     )
+
+
+def _store_task_result(**row) -> None:
     # Celery itself may have written a row for this id (a run cancelled when the broker connection
     # dropped is recorded as RETRY). The caller owns the job's finish, so its result replaces it.
-    prepared.insert(row, replace_on="task_id")
+    prepared.insert(_task_result_row(**row), replace_on="task_id")
 
 
 @functools.cache
@@ -374,7 +377,7 @@ def job_succeed(*, job_id: str, claim: Claim, kind: JobKind, params: dict, resul
     records two results.
     """
     now = timezone.now()
-    connection = connections[Job.objects.db]
+    connection = connections[router.db_for_write(Job)]
     field = Job._meta.get_field
     at = field("finished_at")
     finish_params = [
@@ -382,14 +385,20 @@ def job_succeed(*, job_id: str, claim: Claim, kind: JobKind, params: dict, resul
         Job._meta.pk.get_db_prep_value(job_id, connection),
         field("claim_token").get_db_prep_value(claim.token, connection), S.RUNNING,
     ]
+    # Everything is prepared before BEGIN: on SQLite the write lock is held from there to COMMIT.
+    row = _task_result_row(job_id=job_id, kind=kind, params=params, status="SUCCESS", result=result,
+                           worker=worker, started_at=claim.started_at)
+    upsert = prepared.prepare_insert(row, replace_on="task_id") if prepared.upsert_supported(connection) else None
     with transaction.atomic(using=connection.alias):
         with connection.cursor() as cursor:
             cursor.execute(_finish_sql(connection.alias), finish_params)
             finished = cursor.rowcount
         if not finished:
             return False
-        _store_task_result(job_id=job_id, kind=kind, params=params, status="SUCCESS", result=result,
-                           worker=worker, started_at=claim.started_at)
+        if upsert is not None:
+            prepared.execute_insert(row, upsert)
+        else:
+            prepared.insert(row, replace_on="task_id")
     log_transition("succeeded", job_id=job_id, kind=kind.name, attempt=claim.attempt or None)
     metrics.job_finished(kind=kind.name, queue=kind.queue, status=S.SUCCEEDED,
                          run_seconds=(now - claim.started_at).total_seconds())

@@ -6,21 +6,25 @@ generation number in Redis says when what is kept may be stale: any save or dele
 or a user bumps it, and each process compares it with the one its entries were read under at
 most every JOBS_TOKEN_CACHE_SECONDS. So a revoked token, a deleted token or a deactivated user
 stops working in every process within that time, and at once in the process that made the
-change. While Redis does not answer, nothing is kept and every request asks the database; a
-change that could not be announced then is announced as soon as Redis answers again, and no entry
-is kept longer than MAX_ENTRY_AGE seconds whatever happens.
+change. While Redis does not answer, nothing is kept and every request asks the database (Redis
+is tried again once per interval, without retries, so that an outage does not slow reads down); a
+change that could not be announced is announced at that process's next check, and no entry is
+kept longer than MAX_ENTRY_AGE seconds whatever happens: that is the bound if an announcement is lost.
 """
 from __future__ import annotations
 
 import copy
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
 import redis
 from django.conf import settings
 from django.db import transaction
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +47,7 @@ class TokenCache:
         self._generation: bytes | None = None  # None: not known, nothing may be kept
         self._checked_at = float("-inf")
         self._announcement_pending = False
+        self._client: redis.Redis | None = None
 
     def get(self, digest: str) -> CachedToken | None:
         """The entry for a token's digest, if one is kept and still current."""
@@ -54,9 +59,18 @@ class TokenCache:
         # A copy, so that what one request does to its user never reaches the next one.
         return CachedToken(copy.copy(entry.user), entry.token_id, entry.last_used_at, entry.kept_at)
 
-    def put(self, digest: str, entry: CachedToken) -> None:
-        """Keep an entry read from the database after the last get (which checked the generation)."""
-        if self._generation is None or settings.JOBS_TOKEN_CACHE_SECONDS <= 0:
+    @property
+    def generation(self) -> bytes | None:
+        """The generation entries are kept under now: read it before reading the database, give it to put."""
+        return self._generation
+
+    def put(self, digest: str, entry: CachedToken, *, generation: bytes | None) -> None:
+        """Keep an entry read from the database while `generation` was current.
+
+        Nothing is kept if the generation changed meanwhile (another thread saw a change), so that
+        a row read before a change is never kept after it.
+        """
+        if generation is None or generation != self._generation or settings.JOBS_TOKEN_CACHE_SECONDS <= 0:
             return
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()
@@ -72,11 +86,13 @@ class TokenCache:
         """A token or a user changed: forget everything here, and tell every other process."""
         self._entries.clear()
         self._generation = None
+        self._checked_at = float("-inf")  # the next request reads the new generation
         self._announce()
 
     def _announce(self) -> None:
         try:
-            self._redis().incr(GENERATION_KEY)
+            # A new random value, not a counter: a Redis restarted empty cannot come back to a value seen before.
+            self._redis().set(GENERATION_KEY, uuid.uuid4().hex)
             self._announcement_pending = False
         except (redis.RedisError, OSError) as exc:
             # Processes that cannot reach Redis keep nothing; this one tells the others once it can.
@@ -85,9 +101,11 @@ class TokenCache:
             self._announcement_pending = True
 
     def clear(self) -> None:
+        """Forget everything, the connection too (tests point REDIS_URL elsewhere)."""
         self._entries.clear()
         self._generation = None
         self._checked_at = float("-inf")
+        self._client = None
 
     def _current(self) -> bool:
         """Whether kept entries may be used: the generation was read, and is rechecked when due."""
@@ -97,12 +115,16 @@ class TokenCache:
         now = time.monotonic()
         if self._generation is not None and now - self._checked_at < interval:
             return True
+        if self._generation is None and now - self._checked_at < interval:
+            return False  # Redis failed at the last check: try it again next interval, not on every request
         if self._announcement_pending:
             self._announce()
         try:
             generation = self._redis().get(GENERATION_KEY) or b"0"
         except (redis.RedisError, OSError):
-            self.clear()
+            self._entries.clear()
+            self._generation = None
+            self._checked_at = now
             return False
         if generation != self._generation:
             self._entries.clear()
@@ -110,11 +132,12 @@ class TokenCache:
         self._checked_at = now
         return True
 
-    @staticmethod
-    def _redis() -> redis.Redis:
-        from .backpressure import gauge
-
-        return gauge.redis
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            # No retries: a request must not wait on a Redis that does not answer; the next check tries again.
+            self._client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                                retry=Retry(NoBackoff(), 0))
+        return self._client
 
 
 token_cache = TokenCache()

@@ -12,7 +12,8 @@ class DjangoCelerySettings(Mapping):
 
     Celery looks its settings up on every publish and every task. Read straight from Django's
     settings object, each one the project leaves at Celery's default costs an AttributeError:
-    about a seventh of a publish. Settings are fixed once the process runs, so a copy is exact.
+    about a seventh of a publish. Settings are fixed once the process runs, so a copy is exact;
+    code that changes a CELERY_* setting later (tests) must also set it on `app.conf`.
     """
 
     def __init__(self):

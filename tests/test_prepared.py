@@ -3,6 +3,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
@@ -26,11 +27,16 @@ def test_a_prepared_insert_writes_what_save_writes(user):
     by_statement = job_like(user, params=by_orm.params, created_at=by_orm.created_at, run_at=by_orm.run_at)
     prepared.insert(by_statement)
 
-    def row(job):
-        values = Job.objects.filter(pk=job.pk).values().get()
+    def stored(job):
+        """The row as the database holds it (not as the ORM reads it back): UUID and date formats count."""
+        pk = Job._meta.pk.get_db_prep_value(job.pk, connection)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT * FROM {Job._meta.db_table} WHERE id = %s", [pk])
+            names = [column[0] for column in cursor.description]
+            values = dict(zip(names, cursor.fetchone()))
         return {k: v for k, v in values.items() if k not in ("id", "idempotency_key", "updated_at")}
 
-    assert row(by_statement) == row(by_orm)
+    assert stored(by_statement) == stored(by_orm)
     stored = Job.objects.get(pk=by_statement.pk)
     assert stored.updated_at is not None and stored.params == by_orm.params and stored.owner == user
     # The instance now stands for a stored row: saving it again updates, it does not insert twice.

@@ -1,11 +1,13 @@
 """API token lookups are kept per process, and dropped when any token or user changes anywhere."""
+import hashlib
+
 import pytest
 from django.utils import timezone
 
 from jobs import selectors, services
 from jobs.models import ApiToken
 from jobs import token_cache as token_cache_module
-from jobs.token_cache import GENERATION_KEY, token_cache
+from jobs.token_cache import GENERATION_KEY, CachedToken, token_cache
 from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -52,20 +54,21 @@ def test_a_change_announced_by_another_process_is_seen_within_the_interval(token
     # Another process revokes it: its row changes (no signal here) and it bumps the generation.
     ApiToken.objects.filter(pk=stored.pk).update(revoked_at=timezone.now())
     assert selectors.api_token_user(plain=plain) is not None, "kept until the generation changes"
-    redis_server.client().incr(GENERATION_KEY)
+    redis_server.client().set(GENERATION_KEY, "announced by another process")
     wait_for(lambda: selectors.api_token_user(plain=plain) is None, timeout=5,
              message="the revoked token to be refused")
 
 
-def test_without_redis_every_lookup_asks_the_database(token, redis_server, django_assert_num_queries):
-    stored, plain = token
+def test_without_redis_every_lookup_asks_the_database(token, redis_server, settings, django_assert_num_queries):
+    settings.JOBS_TOKEN_CACHE_SECONDS = 0.05
+    _, plain = token
     selectors.api_token_user(plain=plain)
     redis_server.stop()
-    token_cache.clear()  # as when the process's next check finds Redis gone
-    with django_assert_num_queries(1):
+    wait_for(lambda: selectors.api_token_user(plain=plain) and token_cache.generation is None, timeout=5,
+             message="a check to find Redis gone")
+    with django_assert_num_queries(2):
         assert selectors.api_token_user(plain=plain) is not None
-    ApiToken.objects.filter(pk=stored.pk).update(revoked_at=timezone.now())
-    assert selectors.api_token_user(plain=plain) is None
+        assert selectors.api_token_user(plain=plain) is not None
 
 
 def test_when_redis_goes_away_kept_entries_are_dropped(token, redis_server, settings):
@@ -92,9 +95,10 @@ def test_a_change_made_while_redis_was_away_is_announced_when_it_is_back(token, 
     redis_server.stop()
     services.api_token_revoke(token=stored)  # cannot be announced now
     redis_server.start()
-    before = int(redis_server.client().get(GENERATION_KEY) or 0)
-    assert selectors.api_token_user(plain=plain) is None  # the next check announces it
-    assert int(redis_server.client().get(GENERATION_KEY) or 0) > before
+    token_cache.clear()  # the next check is due now, not after the interval
+    assert redis_server.client().get(GENERATION_KEY) is None  # restarted empty
+    selectors.api_token_user(plain=plain)  # the check announces the change it could not
+    assert redis_server.client().get(GENERATION_KEY) is not None
 
 
 def test_no_entry_outlives_its_maximum_age(token, monkeypatch, django_assert_num_queries):
@@ -103,3 +107,15 @@ def test_no_entry_outlives_its_maximum_age(token, monkeypatch, django_assert_num
     monkeypatch.setattr(token_cache_module, "MAX_ENTRY_AGE", 0.0)
     with django_assert_num_queries(1):
         assert selectors.api_token_user(plain=plain) is not None
+
+
+def test_a_row_read_before_a_revocation_is_not_kept_after_it(token, user):
+    """Two threads of one process: A reads the token's row, B revokes it meanwhile; A must not keep the row."""
+    stored, plain = token
+    assert selectors.api_token_user(plain=plain) is not None
+    read_under = token_cache.generation  # A: the generation, then the row (still valid)
+    row_read_by_a = CachedToken(user=user, token_id=stored.pk, last_used_at=timezone.now())
+    services.api_token_revoke(token=stored)  # B
+    assert selectors.api_token_user(plain=plain) is None  # a request after the change: a new generation
+    token_cache.put(hashlib.sha256(plain.encode()).hexdigest(), row_read_by_a, generation=read_under)  # A, late
+    assert selectors.api_token_user(plain=plain) is None
