@@ -39,3 +39,14 @@ class DjangoCelerySettings(Mapping):
 app = Celery("project")
 app.config_from_object(DjangoCelerySettings(), namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@app.on_after_configure.connect
+def _namespaced_names_are_current(sender, **kwargs):
+    """CELERY_RESULT_BACKEND and the like are the current names under the CELERY namespace.
+
+    A worker warns that they are deprecated unless its settings come from the string
+    "django.conf:settings" (Celery's own workaround for namespaced Django settings); they come
+    from the copy above, so the warning would be a false one.
+    """
+    sender.conf.deprecated_settings = set()
