@@ -76,11 +76,7 @@ def measure(engine: str, args) -> dict:
               f"(job run p50 {common.median(runs) * 1000:.0f} ms in the worker)", flush=True)
         return result
     finally:
-        for process in (worker, web):
-            if process is not None:
-                process.stop()
-        redis.stop()
-        db.drop()
+        common.tear_down(worker, web, redis=redis, db=db)
 
 
 def _seconds(iso: str) -> float:

@@ -162,11 +162,7 @@ def main() -> None:
                   f"wait p99 {result['wait_p99_s']}, refusal p99 {result['refusal_p99_ms']} ms "
                   f"(server {result['refusal_server_p99_ms']} ms)", flush=True)
         finally:
-            for process in (worker, web):
-                if process is not None:
-                    process.stop()
-            redis.stop()
-            db.drop()
+            common.tear_down(worker, web, redis=redis, db=db)
 
     gated, open_ = results["with the gate"], results["without the gate"]
     summary = [

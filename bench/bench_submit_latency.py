@@ -73,10 +73,7 @@ def measure(engine: str, args) -> dict:
                       f"p50 {result['p50_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms", flush=True)
         return {"setup": setup, **results}
     finally:
-        if web is not None:
-            web.stop()
-        redis.stop()
-        db.drop()
+        common.tear_down(web, redis=redis, db=db)
 
 
 def main() -> None:

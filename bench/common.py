@@ -230,6 +230,19 @@ def engines() -> tuple[list[str], dict[str, str]]:
     return wanted, skipped
 
 
+def tear_down(*processes: Process | None, redis: RedisServer, db: Database) -> None:
+    """Stop a run's processes (those that started), its Redis, and drop its database."""
+    try:
+        for process in processes:
+            if process is not None:
+                process.stop()
+    finally:
+        try:
+            redis.stop()
+        finally:
+            db.drop()
+
+
 def platform_env(*, database_url: str, redis_url: str, **extra: str) -> dict:
     """The environment of every process of a run: production settings, this run's Redis and database."""
     env = {
