@@ -329,19 +329,20 @@ class BackPressureMiddleware:
     """Refuses job submissions with 503 and Retry-After while the broker queue is over its limit.
 
     Only POSTs to the submit endpoints are gated; reads, the admin, login, health and metrics
-    never are. Inline kinds are not gated: they never touch the queue. Each subclass gates one
-    endpoint, so that each can sit where its refusal is cheapest (see MIDDLEWARE in settings).
+    never are. Inline kinds are not gated: they never touch the queue. This class gates every
+    submit endpoint; each subclass gates one, so that each can sit where its refusal is cheapest
+    (see MIDDLEWARE in settings).
     """
 
-    channel: str = ""
+    channels: tuple[str, ...] = ("api", "form")
 
     def __init__(self, get_response):
         self.get_response = get_response
-        self.paths = {path for path, channel in SUBMIT_PATHS.items() if channel == self.channel}
+        self.paths = {path: channel for path, channel in SUBMIT_PATHS.items() if channel in self.channels}
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        channel = self.channel
-        if request.method != "POST" or (request.path_info.rstrip("/") or "/") not in self.paths:
+        channel = self.paths.get(request.path_info.rstrip("/") or "/")
+        if channel is None or request.method != "POST":
             return self.get_response(request)
         kind = get_kind(_submitted_kind(request) or "")
         if kind is not None and kind.inline:
@@ -381,10 +382,10 @@ class BackPressureMiddleware:
 class ApiBackPressureMiddleware(BackPressureMiddleware):
     """POST /api/jobs. Its refusal is JSON and needs no session, user or CSRF token: it goes first."""
 
-    channel = "api"
+    channels = ("api",)
 
 
 class FormBackPressureMiddleware(BackPressureMiddleware):
     """The dashboard's submit form. Its refusal is a page with the user's menu and a CSRF token: it goes last."""
 
-    channel = "form"
+    channels = ("form",)

@@ -90,9 +90,11 @@ def test_per_queue_limits_refuse_only_their_queue(submit, settings):
     assert submit({"kind": "noop"}).status_code == 202
 
 
-def test_submission_counts_are_sent_in_batches_and_survive_a_redis_outage(redis_server):
+def test_submission_counts_are_sent_in_batches_and_survive_a_redis_outage(redis_server, monkeypatch):
+    from jobs import backpressure
     from jobs.backpressure import COUNTERS_KEY
 
+    monkeypatch.setattr(backpressure, "COUNTS_FLUSH_SECONDS", 60)  # no batch falls due by the clock here
     gauge.count_submission("accepted")  # the first is sent at once
     gauge.count_submission("accepted")  # the next ones wait for the interval, or for a read
     assert redis_server.client().hget(COUNTERS_KEY, "accepted") == b"1"
@@ -200,3 +202,20 @@ def test_rabbitmq_down_is_broker_unavailable(settings):
             amqp_depths(["default"])
     finally:
         current_app.conf.broker_url = settings.REDIS_URL
+
+
+def test_each_middleware_gates_its_own_endpoints(settings, rf):
+    from django.http import HttpResponse
+
+    from jobs.backpressure import ApiBackPressureMiddleware, BackPressureMiddleware, FormBackPressureMiddleware
+
+    settings.JOBS_QUEUE_LIMIT = 0  # closed: any gated submission is refused
+    settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 0
+
+    def status(middleware, path):
+        request = rf.post(path, data='{"kind": "noop"}', content_type="application/json")
+        return middleware(lambda request: HttpResponse(status=202))(request).status_code
+
+    assert [status(BackPressureMiddleware, p) for p in ("/api/jobs", "/jobs/new")] == [503, 503]
+    assert [status(ApiBackPressureMiddleware, p) for p in ("/api/jobs", "/jobs/new")] == [503, 202]
+    assert [status(FormBackPressureMiddleware, p) for p in ("/api/jobs", "/jobs/new")] == [202, 503]
