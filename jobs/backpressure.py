@@ -6,16 +6,23 @@ accepted since could have filled a queue (then it reads again). So the queue can
 limit by at most what the other web processes accept in that TTL: with the defaults (0.1 s) and
 2 gunicorn workers at 500 submissions/s each, 50 messages.
 
+While submissions keep coming, a thread of the process reads the depth again every half TTL, so
+that the reading a submission finds is fresh and the round trip is not on the submission's path:
+a refusal is then answered from memory. The thread stops when submissions stop (REFRESH_IDLE_SECONDS)
+and is started again by the next one, which reads for itself meanwhile; a submission that finds
+no fresh reading (the thread late, Redis down) reads for itself as before.
+
 The cluster-wide counters of accepted and refused submissions are written in batches: each
-process adds up its own and sends them with a submission at most every COUNTS_FLUSH_SECONDS,
-before it reads them, and when its gunicorn worker exits, so that counting is not a round trip
-on every submission.
+process adds up its own and sends them at most every COUNTS_FLUSH_SECONDS (from that thread while
+it runs, else with a submission), before it reads them, and when its gunicorn worker exits, so
+that counting is not a round trip on every submission.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections import Counter
@@ -38,6 +45,7 @@ GATE_KEY = "jobs:gate:{queue}"
 COUNTERS_KEY = "jobs:submissions"
 DRAIN_WINDOW = 10  # seconds of claims the drain rate is averaged over
 COUNTS_FLUSH_SECONDS = 0.25
+REFRESH_IDLE_SECONDS = 2.0  # the background reading stops this long after the last submission
 
 
 class BrokerUnavailable(Exception):
@@ -108,9 +116,13 @@ class QueueGauge:
         self._pending_counts: Counter[str] = Counter()
         self._counts_sent_at = float("-inf")
         self._accepted_since_read: Counter[str] = Counter()
+        self._refresher: _Refresher | None = None
 
     def reset(self) -> None:
         with self._lock:
+            if self._refresher is not None:
+                self._refresher.stop()
+            self._refresher = None
             self._snapshot = None
             self._redis = None
             self._broker_redis = None
@@ -149,20 +161,49 @@ class QueueGauge:
                 self._broker_redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         return self._broker_redis
 
-    def snapshot(self, *, max_age: float | None = None) -> Snapshot:
+    def snapshot(self, *, max_age: float | None = None, keep_fresh: bool = False) -> Snapshot:
         """The current depths; raises BrokerUnavailable when the broker does not answer.
 
         A cached reading is not trusted once this process's own submissions since then could
         have filled a queue: it reads again, so that the overshoot comes from the other processes only.
+        `keep_fresh` (submissions): keep a reading fresh in the background while such calls come.
         """
         ttl = settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS if max_age is None else max_age
+        if keep_fresh and ttl > 0:
+            self._keep_fresh(ttl)
         snap = self._snapshot
         if snap is not None and time.monotonic() - snap.taken_at < ttl and not self._may_be_full(snap):
             return snap
+        return self._read_and_keep()
+
+    def _read_and_keep(self, stopped: threading.Event | None = None) -> Snapshot:
+        """Read, and keep the reading unless `stopped` (a reset happened meanwhile).
+
+        Acceptances noted while the read was under way may not be in it: they are kept for the
+        next _may_be_full check rather than forgotten.
+        """
+        with self._lock:
+            accepted_before = self._accepted_since_read.copy()
         snap = self._read()
-        self._accepted_since_read = Counter()
-        self._snapshot = snap
+        with self._lock:
+            if stopped is None or not stopped.is_set():
+                self._accepted_since_read = self._accepted_since_read - accepted_before
+                if self._snapshot is None or self._snapshot.taken_at <= snap.taken_at:
+                    self._snapshot = snap
         return snap
+
+    def _keep_fresh(self, ttl: float) -> None:
+        """Note a submission; start this process's background reading if it is not running."""
+        with self._lock:
+            refresher = self._refresher
+            if refresher is None or not refresher.alive():
+                refresher = self._refresher = _Refresher(self, interval=ttl / 2)
+                refresher.start()
+            refresher.demanded()
+
+    def _refresher_running(self) -> bool:
+        refresher = self._refresher
+        return refresher is not None and refresher.alive()
 
     def _read(self) -> Snapshot:
         queues = settings.JOBS_QUEUES
@@ -225,8 +266,9 @@ class QueueGauge:
 
     def note_accepted(self, queue: str) -> None:
         """A submission to `queue` was accepted since the last reading."""
-        self._accepted_since_read[queue] += 1
-        self._accepted_since_read["*"] += 1
+        with self._lock:  # the background reading replaces the counter: an increment must not land on the old one
+            self._accepted_since_read[queue] += 1
+            self._accepted_since_read["*"] += 1
 
     def _may_be_full(self, snap: Snapshot) -> bool:
         mine = self._accepted_since_read
@@ -240,9 +282,11 @@ class QueueGauge:
         metrics.submission_outcome(outcome)  # this host's Prometheus counter; the Redis hash is cluster-wide
         with self._lock:
             self._pending_counts[outcome] += 1
-            due = time.monotonic() - self._counts_sent_at >= COUNTS_FLUSH_SECONDS
-        if due:
+        if self._counts_due() and not self._refresher_running():
             self.flush_counts()
+
+    def _counts_due(self) -> bool:
+        return time.monotonic() - self._counts_sent_at >= COUNTS_FLUSH_SECONDS
 
     def flush_counts(self) -> None:
         """Add this process's counts to the cluster-wide ones; kept for the next try if Redis fails."""
@@ -279,6 +323,50 @@ class QueueGauge:
             pipe.execute()
         except redis.RedisError:
             pass  # the drain rate is advice for Retry-After; a miss only makes it rounder
+
+
+class _Refresher:
+    """A daemon thread that reads the depth every `interval` while submissions come, and sends the counts.
+
+    One per process (a forked child starts its own: threads do not survive a fork). It ends by
+    itself REFRESH_IDLE_SECONDS after the last submission, or at once on reset.
+    """
+
+    def __init__(self, gauge: QueueGauge, *, interval: float):
+        self.gauge = gauge
+        self.interval = interval
+        self.pid = os.getpid()
+        self.last_demand = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="queue-depth-refresher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def demanded(self) -> None:
+        self.last_demand = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.pid == os.getpid() and self._thread.is_alive() and not self._stopped.is_set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _run(self) -> None:
+        # The submission that started the thread has just read for itself: the first reading is due later.
+        while not self._stopped.wait(self.interval):
+            if time.monotonic() - self.last_demand >= REFRESH_IDLE_SECONDS:
+                break
+            try:
+                self.gauge._read_and_keep(stopped=self._stopped)
+            except BrokerUnavailable:
+                pass  # submissions find the reading stale and read for themselves: they say the broker is down
+            except Exception:  # noqa: BLE001 - the thread must not die of a bad moment; submissions read meanwhile
+                logger.exception("queue depth refresh failed")
+            if self.gauge._counts_due():
+                self.gauge.flush_counts()
+        self._stopped.set()
+        self.gauge.flush_counts()
 
 
 def amqp_depths(queues: list[str]) -> dict[str, int]:
@@ -348,7 +436,7 @@ class BackPressureMiddleware:
         if kind is not None and kind.inline:
             return self.get_response(request)
         try:
-            snap = gauge.snapshot()
+            snap = gauge.snapshot(keep_fresh=True)
         except BrokerUnavailable as exc:
             logger.warning("submission refused: broker unavailable (%s)", exc)
             gauge.count_submission("refused_broker_down")
@@ -376,6 +464,11 @@ class BackPressureMiddleware:
         else:
             response = HttpResponse(render_to_string("503.html", {"refusal": body}, request=request), status=503)
         response["Retry-After"] = str(retry_after)
+        # A full queue is the gate doing its work, not a server error: without this mark Django's
+        # handler logs every refusal at ERROR ("Service Unavailable"), thousands of lines a minute
+        # under overload, written while the refusal is answered. Refusals are counted instead
+        # (metrics, GET /api/queue) and the gate's closing and opening are logged once each.
+        response._has_been_logged = True
         return response
 
 

@@ -1,13 +1,16 @@
 """Back pressure: depth from the broker, the gate with its low mark, 503 with Retry-After, reads never refused."""
 import dataclasses
 import socket
+import threading
 import time
+from collections import Counter
 
 import pytest
 
 from jobs.backpressure import (DRAIN_KEY, BrokerUnavailable, QueueState, Snapshot, amqp_depths, broker_list_names,
                                gauge)
 from jobs.models import Job
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -137,6 +140,91 @@ def test_broker_down_gives_503_saying_so_never_500(api, small_limit, redis_serve
         assert api.client.get("/healthz").status_code == 503
     finally:
         redis_server.start()
+
+
+def test_while_submissions_come_the_depth_is_read_in_the_background(submit, settings, redis_server, monkeypatch):
+    settings.JOBS_QUEUE_LIMIT = 5
+    settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 1.0  # the thread reads every 0.5 s
+    readers = []
+    real_read = gauge._read
+
+    def read():
+        readers.append(threading.current_thread().name)
+        return real_read()
+
+    monkeypatch.setattr(gauge, "_read", read)
+    assert submit({"kind": "noop"}).status_code == 202  # reads for itself, and starts the thread
+    assert readers == ["MainThread"]
+    client = redis_server.client()
+    for _ in range(5):  # what other web processes accepted meanwhile: only a new reading can tell
+        client.lpush("default", b"{}")
+    wait_for(lambda: gauge._snapshot.total_depth == 6, timeout=10, message="a reading taken in the background")
+    readers.clear()
+    refused = submit({"kind": "noop"})
+    assert refused.status_code == 503 and refused.json()["depth"] == 6
+    assert "MainThread" not in readers  # answered from the background reading, no round trip of its own
+
+
+def test_the_background_reading_sends_the_counts_and_stops_when_submissions_stop(submit, settings, redis_server,
+                                                                                 monkeypatch):
+    from jobs import backpressure
+
+    monkeypatch.setattr(backpressure, "REFRESH_IDLE_SECONDS", 0.5)
+    settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 0.2
+    assert submit({"kind": "noop"}).status_code == 202
+    refresher = gauge._refresher
+    assert refresher is not None and refresher.alive()
+    wait_for(lambda: redis_server.client().hget(backpressure.COUNTERS_KEY, "accepted") == b"1", timeout=10,
+             message="the thread to send the count")
+    wait_for(lambda: not refresher._thread.is_alive(), timeout=10, message="the thread to stop when idle")
+    assert submit({"kind": "noop"}).status_code == 202  # the next submission starts another
+    assert gauge._refresher is not refresher and gauge._refresher.alive()
+    gauge.reset()
+    wait_for(lambda: not refresher._thread.is_alive(), timeout=10, message="reset to stop the thread")
+
+
+def test_an_acceptance_noted_during_a_background_read_is_kept():
+    real_read = gauge._read
+    gauge.note_accepted("default")  # before the read: the read sees its message
+
+    def read_while_another_is_accepted():
+        snap = real_read()
+        gauge.note_accepted("default")  # after the read's reply: not in it
+        return snap
+
+    gauge._read = read_while_another_is_accepted
+    try:
+        gauge._read_and_keep(stopped=threading.Event())
+    finally:
+        del gauge._read
+    assert gauge._accepted_since_read == Counter({"default": 1, "*": 1})
+
+
+def test_a_reading_from_a_stopped_thread_is_not_kept():
+    stopped = threading.Event()
+    stopped.set()
+    gauge._read_and_keep(stopped=stopped)
+    assert gauge._snapshot is None
+
+
+def test_broker_down_while_read_in_the_background_gives_503(api, settings, redis_server):
+    settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 0.2
+    assert api.post("/api/jobs", {"kind": "noop"}).status_code == 202  # the thread runs
+    redis_server.stop()
+    try:
+        wait_for(lambda: time.monotonic() - gauge._snapshot.taken_at > 0.2, timeout=10,
+                 message="the last reading to grow stale")
+        response = api.post("/api/jobs", {"kind": "noop"})
+        assert response.status_code == 503 and response.json()["error"] == "broker_unavailable"
+    finally:
+        redis_server.start()
+
+
+def test_a_refusal_is_not_logged_as_a_server_error(submit, small_limit, caplog):
+    fill(submit, 5)
+    with caplog.at_level("INFO", logger="django.request"):
+        assert submit({"kind": "noop"}).status_code == 503
+    assert not [r for r in caplog.records if r.name == "django.request"]
 
 
 def test_the_form_refusal_is_a_page(client, user, small_limit, submit):
