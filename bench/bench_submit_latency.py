@@ -138,7 +138,7 @@ def main() -> None:
             "A view doing one bare `.delay()` is the floor of any endpoint that publishes through Celery, and "
             "on this machine that floor is itself under half the constant view: no such endpoint can reach "
             "0.5 x here. POST /api/jobs adds the token lookup (cached per process), the Job insert (a prepared "
-            "statement), the depth check (cached 0.1 s) and the JSON in and out.",
+            "statement), the depth check (from memory, read in the background while submissions come) and the JSON in and out.",
             "What a publish costs, measured: the task-sent event (off by default, CELERY_TASK_SEND_SENT_EVENT) "
             "30-40%; Celery reading its settings through Django's settings object about 13% (the platform "
             "gives Celery a plain copy); kombu creating a Redis client object per publish about 20% (not "

@@ -19,6 +19,7 @@ that counting is not a round trip on every submission.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -115,21 +116,33 @@ class QueueGauge:
         self._counts_redis: redis.Redis | None = None
         self._pending_counts: Counter[str] = Counter()
         self._counts_sent_at = float("-inf")
-        self._accepted_since_read: Counter[str] = Counter()
+        # This process's acceptances, ever, and their value when the kept reading was sent: the
+        # difference is what the reading cannot have seen.
+        self._accepted: Counter[str] = Counter()
+        self._accepted_at_read: Counter[str] = Counter()
+        self._reads_sent = 0  # reads overlap (the thread's and a submission's): the last one sent is kept
+        self._read_kept = 0
         self._refresher: _Refresher | None = None
 
     def reset(self) -> None:
+        self.stop_refresher()
         with self._lock:
-            if self._refresher is not None:
-                self._refresher.stop()
-            self._refresher = None
             self._snapshot = None
             self._redis = None
             self._broker_redis = None
             self._counts_redis = None
             self._pending_counts = Counter()
             self._counts_sent_at = float("-inf")
-            self._accepted_since_read = Counter()
+            self._accepted = Counter()
+            self._accepted_at_read = Counter()
+            self._reads_sent = self._read_kept = 0
+
+    def stop_refresher(self, timeout: float = 2.0) -> None:
+        """Stop this process's background reading and wait for it (its read is bounded by the socket timeout)."""
+        with self._lock:
+            refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.stop(timeout)
 
     @property
     def redis(self) -> redis.Redis:
@@ -177,19 +190,18 @@ class QueueGauge:
         return self._read_and_keep()
 
     def _read_and_keep(self, stopped: threading.Event | None = None) -> Snapshot:
-        """Read, and keep the reading unless `stopped` (a reset happened meanwhile).
+        """Read, and keep the reading unless a later-sent one was kept meanwhile, or `stopped` (a reset).
 
-        Acceptances noted while the read was under way may not be in it: they are kept for the
-        next _may_be_full check rather than forgotten.
+        The reading is dated when it was sent, and this process's acceptances from then on count
+        as unseen by it: an acceptance noted while the read was under way is not forgotten.
         """
         with self._lock:
-            accepted_before = self._accepted_since_read.copy()
-        snap = self._read()
+            self._reads_sent += 1
+            sequence, accepted, sent_at = self._reads_sent, self._accepted.copy(), time.monotonic()
+        snap = dataclasses.replace(self._read(), taken_at=sent_at)
         with self._lock:
-            if stopped is None or not stopped.is_set():
-                self._accepted_since_read = self._accepted_since_read - accepted_before
-                if self._snapshot is None or self._snapshot.taken_at <= snap.taken_at:
-                    self._snapshot = snap
+            if (stopped is None or not stopped.is_set()) and sequence > self._read_kept:
+                self._snapshot, self._accepted_at_read, self._read_kept = snap, accepted, sequence
         return snap
 
     def _keep_fresh(self, ttl: float) -> None:
@@ -197,8 +209,13 @@ class QueueGauge:
         with self._lock:
             refresher = self._refresher
             if refresher is None or not refresher.alive():
-                refresher = self._refresher = _Refresher(self, interval=ttl / 2)
-                refresher.start()
+                refresher = _Refresher(self, interval=ttl / 2)
+                try:
+                    refresher.start()
+                except RuntimeError:  # no thread to be had (a limit, shutdown): submissions read for themselves
+                    logger.warning("queue depth refresher could not start", exc_info=True)
+                    return
+                self._refresher = refresher
             refresher.demanded()
 
     def _refresher_running(self) -> bool:
@@ -265,13 +282,14 @@ class QueueGauge:
         return QueueState(queue, depth, limit, low, closed)
 
     def note_accepted(self, queue: str) -> None:
-        """A submission to `queue` was accepted since the last reading."""
-        with self._lock:  # the background reading replaces the counter: an increment must not land on the old one
-            self._accepted_since_read[queue] += 1
-            self._accepted_since_read["*"] += 1
+        """A submission to `queue` was accepted (readings sent from now on include it)."""
+        with self._lock:
+            self._accepted[queue] += 1
+            self._accepted["*"] += 1
 
     def _may_be_full(self, snap: Snapshot) -> bool:
-        mine = self._accepted_since_read
+        with self._lock:
+            mine = self._accepted - self._accepted_at_read
         if not mine:
             return False
         if snap.total_depth + mine["*"] >= snap.total_limit:
@@ -349,8 +367,10 @@ class _Refresher:
     def alive(self) -> bool:
         return self.pid == os.getpid() and self._thread.is_alive() and not self._stopped.is_set()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float) -> None:
         self._stopped.set()
+        if self.pid == os.getpid() and self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         # The submission that started the thread has just read for itself: the first reading is due later.
@@ -363,10 +383,11 @@ class _Refresher:
                 pass  # submissions find the reading stale and read for themselves: they say the broker is down
             except Exception:  # noqa: BLE001 - the thread must not die of a bad moment; submissions read meanwhile
                 logger.exception("queue depth refresh failed")
-            if self.gauge._counts_due():
+            if self.gauge._counts_due() and not self._stopped.is_set():
                 self.gauge.flush_counts()
-        self._stopped.set()
-        self.gauge.flush_counts()
+        if not self._stopped.is_set():  # idle: what is left goes now; once stopped, the stopper sends it
+            self._stopped.set()
+            self.gauge.flush_counts()
 
 
 def amqp_depths(queues: list[str]) -> dict[str, int]:
@@ -467,7 +488,7 @@ class BackPressureMiddleware:
         # A full queue is the gate doing its work, not a server error: without this mark Django's
         # handler logs every refusal at ERROR ("Service Unavailable"), thousands of lines a minute
         # under overload, written while the refusal is answered. Refusals are counted instead
-        # (metrics, GET /api/queue) and the gate's closing and opening are logged once each.
+        # (metrics, GET /api/queue), and a process logs the gate's closing and opening when it sees them.
         response._has_been_logged = True
         return response
 

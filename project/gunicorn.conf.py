@@ -26,4 +26,5 @@ def worker_exit(server, worker):
     """In a worker that is exiting: send the submission counts it has not sent yet."""
     from jobs.backpressure import gauge
 
+    gauge.stop_refresher()  # it may hold a batch it is sending: let it finish, then send the rest
     gauge.flush_counts()

@@ -43,14 +43,14 @@ def _platform_uses_test_redis(redis_server):
 @pytest.fixture(autouse=True)
 def _fresh_redis(redis_server):
     """Each test starts with empty queues, counters and gates."""
-    if redis_server.process is None:
-        redis_server.start()
-    redis_server.client().flushall()
     from jobs.backpressure import gauge
     from jobs.token_cache import token_cache
 
-    gauge.reset()
+    gauge.reset()  # first: a background reading of the last test must not write after the flush
     token_cache.clear()
+    if redis_server.process is None:
+        redis_server.start()
+    redis_server.client().flushall()
     yield
 
 

@@ -178,9 +178,10 @@ def test_the_background_reading_sends_the_counts_and_stops_when_submissions_stop
              message="the thread to send the count")
     wait_for(lambda: not refresher._thread.is_alive(), timeout=10, message="the thread to stop when idle")
     assert submit({"kind": "noop"}).status_code == 202  # the next submission starts another
-    assert gauge._refresher is not refresher and gauge._refresher.alive()
-    gauge.reset()
-    wait_for(lambda: not refresher._thread.is_alive(), timeout=10, message="reset to stop the thread")
+    second = gauge._refresher
+    assert second is not refresher and second.alive()
+    gauge.reset()  # stops it and waits for it
+    assert not second._thread.is_alive()
 
 
 def test_an_acceptance_noted_during_a_background_read_is_kept():
@@ -197,7 +198,25 @@ def test_an_acceptance_noted_during_a_background_read_is_kept():
         gauge._read_and_keep(stopped=threading.Event())
     finally:
         del gauge._read
-    assert gauge._accepted_since_read == Counter({"default": 1, "*": 1})
+    assert gauge._accepted - gauge._accepted_at_read == Counter({"default": 1, "*": 1})
+
+
+def test_of_two_overlapping_reads_the_one_sent_last_is_kept():
+    real_read = gauge._read
+    depths = iter([1, 2])
+
+    def read_overtaken_by_another():
+        snap = dataclasses.replace(real_read(), total_depth=next(depths))
+        if snap.total_depth == 1:  # sent first; a submission's read is sent and answered before this one returns
+            gauge._read_and_keep()
+        return snap
+
+    gauge._read = read_overtaken_by_another
+    try:
+        gauge._read_and_keep(stopped=threading.Event())
+    finally:
+        del gauge._read
+    assert gauge._snapshot.total_depth == 2
 
 
 def test_a_reading_from_a_stopped_thread_is_not_kept():
