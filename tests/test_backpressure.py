@@ -184,38 +184,35 @@ def test_the_background_reading_sends_the_counts_and_stops_when_submissions_stop
     assert not second._thread.is_alive()
 
 
-def test_an_acceptance_noted_during_a_background_read_is_kept():
+def background_read_with(monkeypatch, around_the_read):
+    """One background read whose Redis reading is `around_the_read(real_read)`."""
     real_read = gauge._read
+    monkeypatch.setattr(gauge, "_read", lambda: around_the_read(real_read))
+    gauge._read_and_keep(stopped=threading.Event())
+
+
+def test_an_acceptance_noted_during_a_background_read_is_kept(monkeypatch):
     gauge.note_accepted("default")  # before the read: the read sees its message
 
-    def read_while_another_is_accepted():
+    def read_while_another_is_accepted(real_read):
         snap = real_read()
         gauge.note_accepted("default")  # after the read's reply: not in it
         return snap
 
-    gauge._read = read_while_another_is_accepted
-    try:
-        gauge._read_and_keep(stopped=threading.Event())
-    finally:
-        del gauge._read
+    background_read_with(monkeypatch, read_while_another_is_accepted)
     assert gauge._accepted - gauge._accepted_at_read == Counter({"default": 1, "*": 1})
 
 
-def test_of_two_overlapping_reads_the_one_sent_last_is_kept():
-    real_read = gauge._read
+def test_of_two_overlapping_reads_the_one_sent_last_is_kept(monkeypatch):
     depths = iter([1, 2])
 
-    def read_overtaken_by_another():
+    def read_overtaken_by_another(real_read):
         snap = dataclasses.replace(real_read(), total_depth=next(depths))
         if snap.total_depth == 1:  # sent first; a submission's read is sent and answered before this one returns
             gauge._read_and_keep()
         return snap
 
-    gauge._read = read_overtaken_by_another
-    try:
-        gauge._read_and_keep(stopped=threading.Event())
-    finally:
-        del gauge._read
+    background_read_with(monkeypatch, read_overtaken_by_another)
     assert gauge._snapshot.total_depth == 2
 
 
