@@ -106,7 +106,8 @@ def _redis_url_for_redis_py(url: str) -> str:
 
 
 class QueueGauge:
-    """Reads queue depths from the broker, with a short per-process cache."""
+    """Reads queue depths from the broker, with a short per-process cache (kept fresh in the background while
+    submissions come)."""
 
     def __init__(self):
         self._lock = threading.Lock()
