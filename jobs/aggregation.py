@@ -30,11 +30,8 @@ SETTLE_SECONDS = 30
 BATCH_SIZE = 20_000
 
 
-def bucket_of(seconds: float) -> int:
-    return bisect.bisect_right(BUCKET_EDGES, seconds)
-
-
-_bucket = functools.partial(bisect.bisect_right, BUCKET_EDGES)  # bucket_of without a Python call per value
+# The bucket a duration in seconds falls in (a partial: no Python call per value of a batch).
+bucket_of = functools.partial(bisect.bisect_right, BUCKET_EDGES)
 
 
 def bucket_bounds(index: int) -> tuple[float, float]:
@@ -71,7 +68,7 @@ class Timing:
 
     @classmethod
     def of_values(cls, seconds: list[float]) -> Timing:
-        return cls(sum(seconds), max(seconds, default=0.0), Counter(map(_bucket, seconds)))
+        return cls(sum(seconds), max(seconds, default=0.0), Counter(map(bucket_of, seconds)))
 
     def merge(self, other: Timing) -> None:
         self.total += other.total
@@ -283,9 +280,3 @@ def _add_to_rollups(model, summaries: dict[tuple[str, datetime], Summary]) -> No
     model.objects.bulk_create(rollups, batch_size=1000, update_conflicts=True, unique_fields=["period_start", "kind"],
                               update_fields=ROLLUP_FIELDS)
 
-
-def merged_summary(rollups) -> Summary:
-    total = Summary()
-    for rollup in rollups:
-        total.merge(Summary.of_rollup(rollup))
-    return total

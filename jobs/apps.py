@@ -1,5 +1,7 @@
-"""App config: registers the built-in job kinds when Django starts (web, worker and beat alike), and
-keeps the token cache honest."""
+"""App config: when Django starts (web, worker and beat alike), register the job kinds, make their Celery
+tasks, hang the admin on, and keep cached token lookups honest."""
+from importlib import import_module
+
 from django.apps import AppConfig
 
 
@@ -8,22 +10,20 @@ class JobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from importlib import import_module
-
         from django.conf import settings
-
-        from . import kinds, periodic  # noqa: F401 - registering the kinds makes their Celery tasks
-
-        for module in settings.JOBS_KIND_MODULES:
-            import_module(module)
-
         from django.contrib.auth import get_user_model
         from django.db.models.signals import post_delete, post_save
 
+        from . import kinds, tasks  # noqa: F401 - the built-in kinds, and the housekeeping tasks
         from .models import ApiToken
-        from .token_cache import on_token_or_user_change
+        from .services import forget_tokens
+        from .web import admin  # noqa: F401 - the admin lives with the rest of the web layer
+
+        for module in settings.JOBS_KIND_MODULES:
+            import_module(module)
+        tasks.register_kind_tasks()
 
         # Cached token lookups must not outlive a revoked token or a deactivated user.
         for model in (ApiToken, get_user_model()):
-            post_save.connect(on_token_or_user_change, sender=model, dispatch_uid=f"token-cache-{model.__name__}")
-            post_delete.connect(on_token_or_user_change, sender=model, dispatch_uid=f"token-cache-del-{model.__name__}")
+            post_save.connect(forget_tokens, sender=model, dispatch_uid=f"token-cache-{model.__name__}")
+            post_delete.connect(forget_tokens, sender=model, dispatch_uid=f"token-cache-del-{model.__name__}")

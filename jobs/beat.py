@@ -7,8 +7,9 @@ import socket
 import uuid
 
 import redis
-from django.conf import settings
 from django_celery_beat.schedulers import DatabaseScheduler
+
+from .infra.redis import client
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,11 @@ class SingleBeatScheduler(DatabaseScheduler):
     def __init__(self, *args, **kwargs):
         self._token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
         self._leader = False
-        self._redis = None
         super().__init__(*args, **kwargs)
 
     @property
     def lock_redis(self) -> redis.Redis:
-        if self._redis is None:
-            self._redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-        return self._redis
+        return client(timeout=2)
 
     def _hold_lock(self) -> bool:
         """Renew the lock if it is ours, take it if it is free; False if another beat has it."""

@@ -1,7 +1,7 @@
-"""The job-kind decorator and the registry of kinds."""
+"""The job-kind decorator and the registry of kinds (no Celery here: jobs.tasks makes the tasks from it)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from django.conf import settings
@@ -29,7 +29,6 @@ class JobKind:
     inline: bool = False
     terminable: bool = False
     on_submit: Callable[[Any, dict], None] | None = None
-    task: Any = field(default=None, compare=False)
 
     @property
     def task_name(self) -> str:
@@ -60,9 +59,10 @@ def job_kind(
     terminable: bool = False,
     on_submit: Callable[[Any, dict], None] | None = None,
 ):
-    """Register `func(ctx, params) -> JSON value` as a job kind and make it a Celery task.
+    """Register `func(ctx, params) -> JSON value` as a job kind.
 
-    The task is named `jobs.<name>`, so Flower, rate limits and routing work per kind.
+    When the app is ready, jobs.tasks makes it a Celery task named `jobs.<name>`, so that
+    Flower, rate limits and routing work per kind.
     `on_submit(job, params)` runs inside the submitting transaction, for what the user must see
     at once (the fan-out kind puts the post on its author's own timeline there).
     """
@@ -83,8 +83,6 @@ def job_kind(
         raise ValueError(f"job kind {name!r}: max_attempts must be at least 1")
 
     def decorate(func):
-        from .tasks import make_job_task
-
         doc = (func.__doc__ or "").strip()
         kind = JobKind(
             name=name,
@@ -105,7 +103,6 @@ def job_kind(
             terminable=terminable,
             on_submit=on_submit,
         )
-        kind = JobKind(**{**kind.__dict__, "task": make_job_task(kind)})
         if name in _registry and _registry[name].func is not func:
             raise ValueError(f"job kind {name!r} is registered twice")
         _registry[name] = kind

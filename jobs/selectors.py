@@ -1,21 +1,22 @@
 """Reads: job lists and lookups scoped to the user, for views, the API and the admin."""
 from __future__ import annotations
 
-import hashlib
-import threading
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.db import connection
-from django.db.models import Count, F, Q, QuerySet, Value
+from django.db.models import F, Q, QuerySet, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
-from .models import ApiToken, Job, JobError
-from .token_cache import CachedToken, token_cache
+from .aggregation import WATERMARK, Summary
+from .infra import broker, counters
+from .infra.broker import WorkerInfo
+from .models import ApiToken, Job, JobError, JobHourRollup, JobMinuteRollup, RollupWatermark
+from .services import admission
+from .services.admission import Snapshot
 
 
 def job_list(*, user, status: str | None = None, kind: str | None = None) -> QuerySet[Job]:
@@ -43,40 +44,10 @@ def job_result(*, job: Job) -> TaskResult | None:
 
 def job_result_value(*, job: Job):
     """The stored result of a job, decoded from its TaskResult; None when there is none."""
-    from celery import current_app
-
     result = job_result(job=job)
     if result is None or result.result is None:
         return None
-    return current_app.backend.decode_content(result, result.result)
-
-
-def job_status_counts(*, user) -> dict[str, int]:
-    counts = dict(Job.objects.visible_to(user).values_list("status").annotate(n=Count("id")).values_list("status", "n"))
-    return {status: counts.get(status, 0) for status in Job.Status.values}
-
-
-def api_token_user(*, plain: str):
-    """The user a bearer token belongs to, or None for an unknown or revoked token.
-
-    Kept per process between changes to tokens and users (jobs/token_cache.py): the lookup is on
-    every API request.
-    """
-    digest = hashlib.sha256(plain.encode()).hexdigest()
-    cached = token_cache.get(digest)
-    if cached is None:
-        generation = token_cache.generation  # before the read: a change after it must not be hidden
-        token = ApiToken.objects.select_related("user").filter(key_hash=digest, revoked_at__isnull=True).first()
-        if token is None or not token.user.is_active:
-            return None
-        cached = CachedToken(user=token.user, token_id=token.pk, last_used_at=token.last_used_at)
-        token_cache.put(digest, cached, generation=generation)
-    # Cheap enough to keep up to date once a minute, and tells the user which tokens are still in use.
-    now = timezone.now()
-    if cached.last_used_at is None or (now - cached.last_used_at).total_seconds() > 60:
-        ApiToken.objects.filter(pk=cached.token_id).update(last_used_at=now)
-        token_cache.touch(digest, now)
-    return cached.user
+    return broker.decode_result(result)
 
 
 def api_tokens_of(*, user) -> QuerySet[ApiToken]:
@@ -210,39 +181,34 @@ def api_token_get(*, user, token_id: int) -> ApiToken | None:
 
 
 @dataclass(frozen=True)
-class WorkerInfo:
-    name: str
-    queues: list[str]
+class QueueOverview:
+    """The queues as the dashboard, the API and /metrics show them."""
+
+    snapshot: Snapshot | None  # None when the broker does not answer
+    broker_error: str
+    workers: list[WorkerInfo] | None  # None when the broker does not answer
+
+    def workers_per_queue(self) -> dict[str, int]:
+        per_queue: dict[str, int] = {}
+        for worker in self.workers or []:
+            for queue in worker.queues:
+                per_queue[queue] = per_queue.get(queue, 0) + 1
+        return per_queue
 
 
-WORKERS_CACHE_SECONDS = 5.0
-_workers_lock = threading.Lock()
-_workers_cache: dict = {"at": float("-inf"), "value": None}
+def queue_overview(*, max_age: float | None = None, workers: bool = True) -> QueueOverview:
+    """Depths, limits and gates of every queue, and the workers online (cached a few seconds)."""
+    try:
+        snap, error = admission.queue_snapshot(max_age=max_age), ""
+    except admission.BrokerUnavailable as exc:
+        snap, error = None, str(exc)
+    # Without a broker no worker can answer, and the broadcast would wait on reconnects.
+    online = broker.workers_online() if workers and snap is not None else None
+    return QueueOverview(snap, error, online)
 
 
-def workers_online(*, max_age: float = WORKERS_CACHE_SECONDS, timeout: float = 0.5) -> list[WorkerInfo] | None:
-    """Workers answering a broadcast, with the queues they consume; None when the broker does not answer.
-
-    A broadcast waits its whole timeout for replies, so one answer is shared by every
-    request in this process for `max_age` seconds.
-    """
-    from celery import current_app
-
-    with _workers_lock:
-        if time.monotonic() - _workers_cache["at"] < max_age:
-            return _workers_cache["value"]
-        try:
-            # A connection of its own, closed after: a pooled one is stale after a broker restart.
-            with current_app.connection_for_write() as connection:
-                replies = current_app.control.inspect(timeout=timeout, connection=connection).active_queues() or {}
-            value = sorted(
-                (WorkerInfo(name, sorted(q["name"] for q in queues)) for name, queues in replies.items()),
-                key=lambda w: w.name,
-            )
-        except Exception:  # noqa: BLE001 - any broker failure means no worker can be known to be online
-            value = None
-        _workers_cache.update(at=time.monotonic(), value=value)
-        return value
+def submission_counts() -> dict[str, int]:
+    return admission.submission_counts()
 
 
 # --- Statistics, read from the rollups ------------------------------------------------
@@ -296,9 +262,6 @@ def _kind_stats(kind: str, summary, series: list[int]) -> KindStats:
 
 def job_stats(*, window: str = "hour", now: datetime | None = None) -> JobStats:
     """Finished jobs per kind over the last hour (per minute) or day (per hour), from the rollups only."""
-    from .aggregation import WATERMARK, Summary
-    from .models import JobHourRollup, JobMinuteRollup, RollupWatermark
-
     unit, count = STATS_WINDOWS[window]
     model = JobMinuteRollup if unit == "minute" else JobHourRollup
     step = timedelta(minutes=1) if unit == "minute" else timedelta(hours=1)
@@ -329,19 +292,4 @@ def job_stats(*, window: str = "hour", now: datetime | None = None) -> JobStats:
 
 def periodic_counters() -> dict[str, dict[str, int]]:
     """What recovery and user schedules did since Redis started: events, and refused runs per schedule."""
-    import redis
-
-    from .backpressure import gauge
-    from .periodic import COUNTERS_KEY, REFUSED_BY_SCHEDULE_KEY
-
-    try:
-        pipe = gauge.redis.pipeline(transaction=False)
-        pipe.hgetall(COUNTERS_KEY)
-        pipe.hgetall(REFUSED_BY_SCHEDULE_KEY)
-        events, refused = pipe.execute()
-    except redis.RedisError:
-        return {"events": {}, "refused_by_schedule": {}}
-    return {
-        "events": {k.decode(): int(v) for k, v in events.items()},
-        "refused_by_schedule": {k.decode(): int(v) for k, v in refused.items()},
-    }
+    return counters.event_counts()

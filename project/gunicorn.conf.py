@@ -1,5 +1,5 @@
-"""Gunicorn hooks for the web process: prometheus-client's multiprocess bookkeeping (see jobs/metrics.py),
-and the submission counts a worker still holds when it exits (see jobs/backpressure.py)."""
+"""Gunicorn hooks for the web process: prometheus-client's multiprocess bookkeeping (see jobs/infra/metrics.py),
+and the submission counts a worker still holds when it exits (see jobs/services/admission.py)."""
 import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -10,21 +10,20 @@ access_log_format = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"
 
 def on_starting(server):
     """In the arbiter, before any worker forks: fold the metrics files that exited processes left."""
-    from jobs import metrics
+    from jobs.infra import metrics
 
     metrics.on_server_start()
 
 
 def child_exit(server, worker):
     """A worker process is gone: drop what prometheus-client keeps only for live processes."""
-    from jobs import metrics
+    from jobs.infra import metrics
 
     metrics.on_process_exit(worker.pid)
 
 
 def worker_exit(server, worker):
     """In a worker that is exiting: send the submission counts it has not sent yet."""
-    from jobs.backpressure import gauge
+    from jobs.services import admission
 
-    gauge.stop_refresher()  # it may hold a batch it is sending: let it finish, then send the rest
-    gauge.flush_counts()
+    admission.stop()

@@ -24,6 +24,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.humanize",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
@@ -34,10 +35,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "jobs.middleware.BodySizeLimitMiddleware",
-    # Early, so that refusing an API submission costs the depth check and little else.
-    "jobs.backpressure.ApiBackPressureMiddleware",
-    "jobs.middleware.DatabaseUnavailableMiddleware",
+    "jobs.web.middleware.BodySizeLimitMiddleware",
+    "jobs.web.middleware.DatabaseUnavailableMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -47,7 +46,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     # Last: the refusal page of the dashboard's form needs the session, the user and the CSRF token.
-    "jobs.backpressure.FormBackPressureMiddleware",
+    "jobs.web.middleware.BackPressureMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -63,7 +62,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "jobs.context_processors.platform_links",
+                "jobs.web.context_processors.platform_links",
             ],
         },
     },
@@ -205,10 +204,10 @@ JOBS_QUEUE_LIMIT = env.int("JOBS_QUEUE_LIMIT", default=10_000)
 JOBS_QUEUE_LIMITS = {k: int(v) for k, v in env.dict("JOBS_QUEUE_LIMITS", default={}).items()}
 # Submissions are accepted again once the depth falls below this share of the limit.
 JOBS_QUEUE_LOW_WATERMARK = env.float("JOBS_QUEUE_LOW_WATERMARK", default=0.8)
-# How long one process trusts a depth reading; see backpressure.py for the overshoot it allows.
+# How long one process trusts a depth reading; see jobs/services/admission.py for the overshoot it allows.
 JOBS_QUEUE_DEPTH_CACHE_SECONDS = env.float("JOBS_QUEUE_DEPTH_CACHE_SECONDS", default=0.1)
-# API token lookups are kept per process; a revoked token or a deactivated user stops working in
-# every process within this many seconds (at once in the one that changed it). 0: no cache.
+# API token lookups are kept per process this many seconds: a revoked token or a deactivated user
+# stops working in every process within it (at once in the one that changed it). 0: no cache.
 JOBS_TOKEN_CACHE_SECONDS = env.float("JOBS_TOKEN_CACHE_SECONDS", default=1.0)
 # Bounds of the Retry-After a refusal gives; with no drain observed (workers stopped), the upper one.
 JOBS_RETRY_AFTER_MAX = env.int("JOBS_RETRY_AFTER_MAX", default=60)
@@ -231,7 +230,7 @@ JOBS_LOG_FORMAT = env("JOBS_LOG_FORMAT", default="keyvalue")  # or "json"
 
 # Metrics: every process of this host writes its counters here and GET /metrics adds them up
 # (prometheus-client's multiprocess mode, chosen from the environment when it is imported).
-# One directory per host or container, never shared between hosts. See jobs/metrics.py.
+# One directory per host or container, never shared between hosts. See jobs/infra/metrics.py.
 PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "prometheus"))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
 # A host running workers but no web server serves its metrics on this port (0: not served).
@@ -243,9 +242,11 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {
         "keyvalue": {"format": "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"},
-        "json": {"()": "jobs.logging.JsonFormatter"},
+        "json": {"()": "jobs.infra.events.JsonFormatter"},
     },
+    # A full queue is the gate at work, not a server error: see jobs.web.log_filters.NoRefusalLogs.
+    "filters": {"no_refusals": {"()": "jobs.web.log_filters.NoRefusalLogs"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": JOBS_LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "django.request": {"filters": ["no_refusals"]}},
 }

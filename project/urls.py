@@ -3,9 +3,9 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from jobs.api import api
-from jobs.health import healthz
-from jobs.metrics import metrics_view
+from jobs.web.api import api
+from jobs.web.health import healthz
+from jobs.web.metrics_view import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -14,5 +14,5 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("", include("jobs.urls")),
+    path("", include("jobs.web.urls")),
 ]

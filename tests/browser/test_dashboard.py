@@ -6,7 +6,8 @@ import pytest
 from playwright.sync_api import expect
 
 from jobs import services
-from jobs.backpressure import DRAIN_KEY, broker_list_names
+from jobs.infra.broker import broker_list_names
+from jobs.infra.counters import DRAIN_KEY
 from jobs.models import Job, JobError
 from tests.browser.conftest import log_in, screenshot
 from tests.support import wait_for

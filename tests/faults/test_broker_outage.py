@@ -6,9 +6,10 @@ from celery import current_app
 from django.db import transaction
 
 from jobs import services
-from jobs.backpressure import broker_list_names, gauge
+from jobs.infra.broker import broker_list_names
+from jobs.services import admission
 from jobs.models import Job
-from jobs.periodic import recover_jobs
+from jobs.services import recover_jobs
 from tests.faults.conftest import S, job_in, report, results_per_job, starts, status_counts, submit_marked
 from tests.support import wait_for
 
@@ -36,7 +37,7 @@ def test_redis_restarted_empty_under_a_thousand_queued_jobs_loses_none(worker_fa
     assert queued_in_redis(redis_server) == N
 
     redis_server.stop()
-    gauge.reset()
+    admission.reset()
     refused = api.post("/api/jobs", {"kind": "noop"})
     assert refused.status_code == 503, refused.content
     assert refused.json()["error"] == "broker_unavailable" and refused["Retry-After"]
@@ -48,7 +49,7 @@ def test_redis_restarted_empty_under_a_thousand_queued_jobs_loses_none(worker_fa
     assert worker.process.poll() is None
 
     redis_server.start()
-    gauge.reset()
+    admission.reset()
     assert queued_in_redis(redis_server) == 0, "Redis came back empty: the messages are gone"
     wait_for(lambda: worker.log().count("Connected to redis") >= 2, timeout=30,
              message="the worker to reconnect by itself")
@@ -88,7 +89,7 @@ def test_a_job_running_when_redis_dies_is_run_again_to_one_result(worker_factory
     # run beside it later (CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS).
     wait_for(lambda: broker_lost_and_retrying(worker), timeout=20, message="the worker to notice")
     redis_server.start()
-    gauge.reset()
+    admission.reset()
     wait_for(lambda: worker.log().count("Connected to redis") >= 2, timeout=30, message="the worker to reconnect")
     assert Job.objects.get(pk=job.pk).status == S.RUNNING and len(starts(marker)) == 1
 

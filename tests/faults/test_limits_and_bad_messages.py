@@ -7,7 +7,7 @@ import pytest
 from django_celery_results.models import TaskResult
 
 from jobs import services
-from jobs.backpressure import broker_list_names
+from jobs.infra.broker import broker_list_names
 from jobs.models import JobError
 from tests.faults.conftest import S, all_in, job_in, report, results_per_job, submit_marked
 from tests.support import wait_for

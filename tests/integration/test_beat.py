@@ -9,9 +9,9 @@ import uuid
 import pytest
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from jobs.backpressure import broker_list_names
+from jobs.infra.broker import broker_list_names
 from jobs.models import Job
-from jobs.periodic import SCHEDULED_JOB_TASK
+from jobs.tasks import SCHEDULED_JOB_TASK
 from tests.support import BASE_DIR, LOG_DIR, database_url_for_subprocess, stop_group, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -5,7 +5,7 @@ from django_celery_results.models import TaskResult
 from jobs import selectors, services
 from jobs.models import Job, JobError, TimelineEntry
 from jobs.registry import get_kind
-from tests.support import wait_for
+from tests.support import publish_again, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 S = Job.Status
@@ -101,8 +101,8 @@ def test_a_cancelled_queued_job_never_starts(worker_factory, user):
 
 def test_a_duplicated_message_runs_the_job_once(live_worker, user):
     job = services.job_submit(user=user, kind="steps", params={"steps": 3, "step_seconds": 0.3}).job
-    services._publish(job)  # the same message again, while the first copy runs on the other pool process
-    services._publish(job)
+    publish_again(job)  # the same message again, while the first copy runs on the other pool process
+    publish_again(job)
     job_in(job.pk, S.SUCCEEDED)
     wait_for(lambda: live_worker.log().count("dropped message") >= 2, timeout=15, message="both copies dropped")
     done = Job.objects.get(pk=job.pk)

@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from jobs import periodic, services
-from jobs.backpressure import broker_list_names
+from jobs import services
+from jobs.infra.broker import broker_list_names
 from jobs.models import Job
 from tests.support import wait_for
 
@@ -22,13 +22,13 @@ def test_a_job_whose_message_was_lost_is_republished_and_completes(redis_server,
     job = services.job_submit(user=user, kind="count_primes", params={"limit": 10_000}).job
     assert message_ids(redis_server, "cpu") == [str(job.id)]
     # While its message is there, recovery leaves the job alone.
-    assert periodic.recover_jobs(stale_after=0)["republished"] == 0
+    assert services.recover_jobs(stale_after=0)["republished"] == 0
 
     deleted = redis_server.client().delete(*broker_list_names("cpu"))
     assert deleted == 1 and message_ids(redis_server, "cpu") == []
     # Not stale yet: it was published just now, and the threshold is a minute.
-    assert periodic.recover_jobs(stale_after=60)["republished"] == 0
-    assert periodic.recover_jobs(stale_after=0)["republished"] == 1
+    assert services.recover_jobs(stale_after=60)["republished"] == 0
+    assert services.recover_jobs(stale_after=0)["republished"] == 1
     assert message_ids(redis_server, "cpu") == [str(job.id)]
 
     worker_factory(queues="cpu")
@@ -44,11 +44,11 @@ def test_a_job_whose_worker_died_is_retried_on_another_worker(redis_server, user
              message="the job to start")
     first.kill_all()  # the whole worker, pool and all, with no chance to report
     assert Job.objects.get(pk=job.pk).status == Job.Status.RUNNING
-    assert periodic.recover_jobs()["stuck_released"] == 0  # its lease has not run out
+    assert services.recover_jobs()["stuck_released"] == 0  # its lease has not run out
 
     # Its lease (time limit + 5 s) runs out: move it into the past rather than wait 45 s.
     Job.objects.filter(pk=job.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    counts = periodic.recover_jobs()
+    counts = services.recover_jobs()
     assert counts["stuck_retried"] == 1 and counts["stuck_failed"] == 0
     job.refresh_from_db()
     assert job.status == Job.Status.RETRYING and "worker lost" in job.error

@@ -6,7 +6,7 @@ class Command(BaseCommand):
     help = "Install the platform's periodic tasks in django-celery-beat's tables."
 
     def handle(self, *args, **options):
-        from jobs.periodic import install_schedules
+        from jobs.schedules import install_schedules
 
         for name, created in install_schedules():
             if options["verbosity"] > 1:

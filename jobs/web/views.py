@@ -1,14 +1,13 @@
 """The dashboard (HTML): thin views over selectors and services; htmx requests get the page's live part only."""
 from __future__ import annotations
 
-import json
 import uuid
-from dataclasses import dataclass, field
 from functools import wraps
 from urllib.parse import quote, urlencode
 
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.humanize.templatetags.humanize import intcomma, naturaltime
 from django.contrib.auth.decorators import login_required as auth_login_required
 from django.shortcuts import redirect, render, resolve_url
 from django.urls import reverse
@@ -16,16 +15,14 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import forms, selectors, services
-from .backpressure import BrokerUnavailable, gauge
-from .models import Job
-from .registry import all_kinds, get_kind
+from .. import selectors, services
+from ..models import Job
+from ..registry import all_kinds, get_kind
+from . import charts, forms
+from .presenters import duration, present, raw_json
 
 STATUS_ORDER = [Job.Status.QUEUED, Job.Status.RUNNING, Job.Status.RETRYING, Job.Status.SUCCEEDED,
                 Job.Status.FAILED, Job.Status.CANCELLED]
-# Tables of records longer than this show their first rows; the raw JSON has them all.
-RESULT_TABLE_ROWS = 500
-RAW_JSON_CHARS = 200_000
 
 
 def login_required(view):
@@ -55,19 +52,6 @@ def _wants_part(request, target: str) -> bool:
 
 
 _URL_PLACEHOLDER = uuid.UUID(int=0)
-
-
-def _ago(when, now) -> str:
-    seconds = (now - when).total_seconds()
-    if seconds < 5:
-        return "just now"
-    if seconds < 60:
-        return f"{int(seconds)} s ago"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min ago"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)} h ago"
-    return when.strftime("%Y-%m-%d %H:%M")
 
 
 def _list_url(**query) -> str:
@@ -100,7 +84,7 @@ def job_list(request):
         job.short_id = job.id_text[:8]
         job.percent = str(job.progress_percent)
         job.attempts_text = f"{job.attempts}/{job.attempt_limit}"
-        job.age = _ago(job.created_at, now)
+        job.age = naturaltime(job.created_at)
         job.created_iso = job.created_at.isoformat()
         job.created_text = job.created_at.strftime("%Y-%m-%d %H:%M:%S UTC")
         job.show_progress = job.status in (Job.Status.RUNNING, Job.Status.RETRYING) or bool(job.progress_total)
@@ -116,7 +100,7 @@ def job_list(request):
         "kinds": all_kinds(),
         "status_tabs": [{"status": None, "label": "All", "count": None, "url": _list_url(kind=kind, q=search),
                          "current": status is None}] + [
-            {"status": s, "label": s.label, "count": f"{cap:,}+" if counts[s] > cap else f"{counts[s]:,}",
+            {"status": s, "label": s.label, "count": f"{intcomma(cap)}+" if counts[s] > cap else intcomma(counts[s]),
              "url": _list_url(status=s, kind=kind, q=search), "current": status == s}
             for s in STATUS_ORDER
         ],
@@ -167,86 +151,6 @@ def job_new(request):
 # --- One job --------------------------------------------------------------------------
 
 
-@dataclass
-class ResultBlock:
-    """One readable piece of a result: a list of fields, a table of records, or JSON text."""
-
-    kind: str
-    title: str = ""
-    fields: list[tuple[str, str]] = field(default_factory=list)
-    columns: list[str] = field(default_factory=list)
-    rows: list[list[str]] = field(default_factory=list)
-    total_rows: int = 0
-    text: str = ""
-
-
-def _scalar(value) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
-
-
-def _show(value, key: str = "") -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int) and not key.lower().endswith("id"):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:,.6g}"
-    return str(value)
-
-
-def _records(value) -> bool:
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(r, dict) and all(_scalar(v) for v in r.values()) for r in value))
-
-
-def _table(title: str, records: list[dict]) -> ResultBlock:
-    columns = list(dict.fromkeys(key for record in records for key in record))
-    rows = [[_show(r.get(c, ""), c) for c in columns] for r in records[:RESULT_TABLE_ROWS]]
-    return ResultBlock("table", title=title, columns=columns, rows=rows, total_rows=len(records))
-
-
-def _json(value) -> str:
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)[:RAW_JSON_CHARS]
-
-
-def present(value) -> list[ResultBlock]:
-    """A JSON value laid out for reading: scalars as fields, lists of records as tables, the rest as JSON."""
-    if value is None:
-        return []
-    if _records(value):
-        return [_table("", value)]
-    if not isinstance(value, dict):
-        return [ResultBlock("json", text=_json(value))] if not _scalar(value) else [
-            ResultBlock("fields", fields=[("value", _show(value))])]
-    fields, blocks = [], []
-    for key, item in value.items():
-        if _scalar(item):
-            fields.append((key.replace("_", " "), _show(item, key)))
-        elif _records(item):
-            blocks.append(_table(key.replace("_", " "), item))
-        elif isinstance(item, list) and all(_scalar(v) for v in item) and len(item) <= 20:
-            fields.append((key.replace("_", " "), ", ".join(_show(v) for v in item) or "—"))
-        else:
-            blocks.append(ResultBlock("json", title=key.replace("_", " "), text=_json(item)))
-    return ([ResultBlock("fields", fields=fields)] if fields else []) + blocks
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
-
-
 def _job_context(request, job: Job, *, notice: str = "", notice_level: str = "success") -> dict:
     kind = get_kind(job.kind)
     result = selectors.job_result_value(job=job) if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED) else None
@@ -259,15 +163,15 @@ def _job_context(request, job: Job, *, notice: str = "", notice_level: str = "su
         "params_blocks": present(job.params) if job.params else [],
         "result": result,
         "result_blocks": present(result) if job.status == Job.Status.SUCCEEDED else [],
-        "result_json": _json(result) if result is not None else "",
+        "result_json": raw_json(result) if result is not None else "",
         "timeline": [
             ("Queued", job.created_at, ""),
             *([("Runs after", job.run_at, "")] if run_late else []),
             ("Started", job.started_at, ""),
             *([("Next attempt", job.next_attempt_at, "")] if job.next_attempt_at else []),
             ("Cancelled" if job.cancelled_at else "Finished", job.finished_at, ""),
-            ("Waited", None, _duration(job.wait_seconds) or "—"),
-            ("Ran for", None, _duration(job.run_seconds) or "—"),
+            ("Waited", None, duration(job.wait_seconds) or "—"),
+            ("Ran for", None, duration(job.run_seconds) or "—"),
         ],
         "live": not job.is_finished,
         "notice": notice,
@@ -323,18 +227,14 @@ def _percent(part: int, whole: int) -> int:
 @login_required
 @require_GET
 def queues(request):
-    try:
-        snap = gauge.snapshot()
-    except BrokerUnavailable as exc:
-        snap, broker_error = None, str(exc)
-    else:
-        broker_error = ""
+    overview = selectors.queue_overview()
+    snap = overview.snapshot
     rows = [
         {
             "name": state.name,
-            "depth": f"{state.depth:,}",
-            "limit": f"{state.limit:,}",
-            "low_mark": f"{state.low_mark:,}",
+            "depth": intcomma(state.depth),
+            "limit": intcomma(state.limit),
+            "low_mark": intcomma(state.low_mark),
             "closed": state.closed,
             "percent": _percent(state.depth, state.limit),
             "kinds": [k.name for k in all_kinds() if k.queue == state.name and not k.inline],
@@ -344,15 +244,15 @@ def queues(request):
     context = {
         "snapshot": snap,
         "rows": rows,
-        "total_depth": f"{snap.total_depth:,}" if snap else "",
-        "total_limit": f"{snap.total_limit:,}" if snap else "",
+        "total_depth": intcomma(snap.total_depth) if snap else "",
+        "total_limit": intcomma(snap.total_limit) if snap else "",
         "total_percent": _percent(snap.total_depth, snap.total_limit) if snap else 0,
         "drain_rate": f"{snap.drain_rate:,.1f}" if snap else "",
         "refusing_all": bool(snap and snap.total_closed),
         "refusing": [row["name"] for row in rows if row["closed"]],
-        "broker_error": broker_error,
-        "workers": selectors.workers_online(),
-        "submissions": gauge.submission_counts(),
+        "broker_error": overview.broker_error,
+        "workers": overview.workers,
+        "submissions": selectors.submission_counts(),
     }
     template = "jobs/_queues_panel.html" if _wants_part(request, "queues-panel") else "jobs/queues.html"
     return render(request, template, context)
@@ -396,8 +296,6 @@ def token_revoke(request, token_id: int):
 @require_GET
 def stats(request):
     """Throughput, success rate and wait/run percentiles per kind, from the rollups (platform-wide)."""
-    from . import charts
-
     window = request.GET.get("window")
     window = window if window in selectors.STATS_WINDOWS else "hour"
     data = selectors.job_stats(window=window)

@@ -2,7 +2,7 @@
 from django.db import connection
 from django.http import JsonResponse
 
-from .backpressure import BrokerUnavailable, gauge
+from .. import selectors
 
 
 def healthz(request):
@@ -12,9 +12,8 @@ def healthz(request):
             cursor.execute("SELECT 1")
     except Exception as exc:  # noqa: BLE001 - any failure means the database is not answering
         checks["database"] = f"down: {exc.__class__.__name__}"
-    try:
-        gauge.snapshot(max_age=0)
-    except BrokerUnavailable as exc:
-        checks["broker"] = f"down: {exc}"
+    overview = selectors.queue_overview(max_age=0, workers=False)
+    if overview.snapshot is None:
+        checks["broker"] = f"down: {overview.broker_error}"
     healthy = all(v == "ok" for v in checks.values())
     return JsonResponse(checks, status=200 if healthy else 503)

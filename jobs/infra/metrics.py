@@ -1,9 +1,8 @@
-"""Prometheus metrics: what each process records, what is read at scrape time, and GET /metrics.
+"""Prometheus metrics: what each process records, and the host's sums (GET /metrics adds the queues).
 
 Every process of a host (gunicorn workers, Celery pool processes, anything that submits) writes
 its counters and histograms to files in PROMETHEUS_MULTIPROC_DIR, prometheus-client's
-multiprocess mode; a scrape adds up the files of the whole host. Queue depths, limits and the
-workers online are read from the broker when scraped, never stored.
+multiprocess mode; a scrape adds up the files of the whole host.
 
 The directory is one per host (or container). When a web server or a worker starts, the files of
 processes that have exited are folded into one file per metric type: the directory stays small,
@@ -20,7 +19,6 @@ import os
 import time
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
 
 
 def metrics_dir() -> str:
@@ -33,8 +31,7 @@ def metrics_dir() -> str:
 os.makedirs(metrics_dir(), exist_ok=True)  # each process's files are created in it on first use
 
 from celery.signals import worker_init, worker_ready  # noqa: E402
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest  # noqa: E402
-from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest  # noqa: E402
 from prometheus_client.mmap_dict import MmapedDict  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead  # noqa: E402
 
@@ -53,38 +50,9 @@ WAIT_SECONDS = Histogram("jobs_wait_seconds", "Time a job's message waited in it
 RUN_SECONDS = Histogram("jobs_run_seconds", "Time from a run's claim to its end, by how it ended.",
                         ["kind", "queue", "outcome"], buckets=TIME_BUCKETS)
 
+# --- Recording (events.emit records job events; the admission service counts refusals) -----
+
 PUBLISHED_AT_HEADER = "jobs_published_at"
-
-
-# --- Recording (called from services, tasks and the back-pressure gate) -------------------
-
-
-def job_submitted(*, kind: str, queue: str) -> None:
-    SUBMITTED.labels(kind, queue).inc()
-
-
-def submission_outcome(outcome: str) -> None:
-    """The gate's outcome for one submission: `refused_<reason>` is counted, `accepted` is not (see jobs_submitted)."""
-    if outcome.startswith("refused_"):
-        REFUSED.labels(outcome.removeprefix("refused_")).inc()
-
-
-def job_finished(*, kind: str, queue: str, status: str, run_seconds: float | None = None) -> None:
-    """A job reached `status` (succeeded, failed, cancelled); run_seconds when a run ended with it."""
-    FINISHED.labels(kind, queue, status).inc()
-    if run_seconds is not None:
-        RUN_SECONDS.labels(kind, queue, status).observe(max(0.0, run_seconds))
-
-
-def job_retrying(*, kind: str, queue: str, run_seconds: float | None) -> None:
-    RETRIED.labels(kind, queue).inc()
-    if run_seconds is not None:
-        RUN_SECONDS.labels(kind, queue, "retrying").observe(max(0.0, run_seconds))
-
-
-def run_stopped(*, kind: str, queue: str, run_seconds: float) -> None:
-    """A run that stopped because its job was cancelled (counted as finished where it was cancelled)."""
-    RUN_SECONDS.labels(kind, queue, "cancelled").observe(max(0.0, run_seconds))
 
 
 def publish_headers() -> dict:
@@ -92,14 +60,23 @@ def publish_headers() -> dict:
     return {PUBLISHED_AT_HEADER: time.time()}
 
 
-def job_claimed(*, kind: str, queue: str, request) -> None:
-    """Observe the queue wait of a delivered message. Retries (sent with a countdown) and messages
-    without the header (sent by an older version) are not observed: their wait is not queueing."""
-    if request is None or getattr(request, "retries", 0):
-        return
-    published_at = (getattr(request, "headers", None) or {}).get(PUBLISHED_AT_HEADER)
-    if isinstance(published_at, (int, float)):
-        WAIT_SECONDS.labels(kind, queue).observe(max(0.0, time.time() - published_at))
+def observe(event: str, *, kind: str, queue: str, run_seconds: float | None = None,
+            wait_seconds: float | None = None) -> None:
+    """Count one job event: `submitted`, `running`, `retrying`, `stopped` (a cancelled run) or a final status."""
+    if event == "submitted":
+        SUBMITTED.labels(kind, queue).inc()
+    elif event in ("succeeded", "failed", "cancelled"):
+        FINISHED.labels(kind, queue, event).inc()
+    elif event == "retrying":
+        RETRIED.labels(kind, queue).inc()
+    if run_seconds is not None and event in ("succeeded", "failed", "cancelled", "retrying", "stopped"):
+        RUN_SECONDS.labels(kind, queue, "cancelled" if event == "stopped" else event).observe(max(0.0, run_seconds))
+    if wait_seconds is not None:
+        WAIT_SECONDS.labels(kind, queue).observe(max(0.0, wait_seconds))
+
+
+def refused(reason: str) -> None:
+    REFUSED.labels(reason).inc()
 
 
 # --- The directory: folding exited processes, reading the sums --------------------------
@@ -171,95 +148,11 @@ class HostFilesCollector:
         return [metric for metric in merged if metric.name.startswith("jobs_")]
 
 
-class PlatformCollector:
-    """Read at scrape time: queue depths and limits from the broker, the workers that answer a ping."""
-
-    def collect(self):
-        from .backpressure import BrokerUnavailable, gauge
-
-        up = GaugeMetricFamily("jobs_broker_up", "1 when the broker answered the depth check.")
-        depth = GaugeMetricFamily("jobs_queue_depth", "Messages waiting in each queue.", labels=["queue"])
-        limit = GaugeMetricFamily("jobs_queue_limit", "Depth at which a queue refuses submissions.", labels=["queue"])
-        accepting = GaugeMetricFamily("jobs_queue_accepting", "1 while a queue accepts submissions.",
-                                      labels=["queue"])
-        total_limit = GaugeMetricFamily("jobs_queues_limit", "Limit on the depth of all queues together.")
-        drain = GaugeMetricFamily("jobs_drain_rate", "Jobs claimed per second over the last 10 seconds.")
-        try:
-            snap = gauge.snapshot()
-        except BrokerUnavailable:
-            snap = None
-            up.add_metric([], 0)
-            yield up
-        else:
-            up.add_metric([], 1)
-            for name, state in snap.queues.items():
-                depth.add_metric([name], state.depth)
-                limit.add_metric([name], state.limit)
-                accepting.add_metric([name], 0 if state.closed or snap.total_closed else 1)
-            total_limit.add_metric([], snap.total_limit)
-            drain.add_metric([], snap.drain_rate)
-            yield from (up, depth, limit, accepting, total_limit, drain)
-
-        # Without a broker no worker can answer, and the ping would wait on reconnects.
-        online, per_queue = workers_online() if snap is not None else (0, {})
-        workers = GaugeMetricFamily("jobs_workers_online", "Celery workers that answered a ping (cached a few seconds).")
-        workers.add_metric([], online)
-        consumers = GaugeMetricFamily("jobs_queue_workers", "Workers consuming each queue (cached).", labels=["queue"])
-        for name in settings.JOBS_QUEUES:
-            consumers.add_metric([name], per_queue.get(name, 0))
-        yield workers
-        yield consumers
-
-
-def workers_online() -> tuple[int, dict[str, int]]:
-    """How many workers answer a ping, and how many consume each queue (the selector caches the answer)."""
-    from .selectors import workers_online as answering
-
-    workers = answering() or []
-    per_queue: dict[str, int] = {}
-    for worker in workers:
-        for queue in worker.queues:
-            per_queue[queue] = per_queue.get(queue, 0) + 1
-    return len(workers), per_queue
-
-
-def render(*, platform: bool = True) -> bytes:
+def render() -> bytes:
+    """The Prometheus exposition of this host's files (what every process of the host counted)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HostFilesCollector())
-    if platform:
-        registry.register(PlatformCollector())
     return generate_latest(registry)
-
-
-# --- GET /metrics -------------------------------------------------------------------------
-
-
-def _staff_user(request: HttpRequest):
-    """The staff user behind a session or a bearer token; None when there is no user, False when not staff."""
-    user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        user = None
-        if scheme.lower() == "bearer" and token.strip():
-            from .selectors import api_token_user
-
-            user = api_token_user(plain=token.strip())
-    if user is None:
-        return None
-    return user if user.is_active and user.is_staff else False
-
-
-def metrics_view(request: HttpRequest) -> HttpResponse:
-    """The Prometheus exposition of this host's processes plus the queues: staff only (session or bearer token)."""
-    user = _staff_user(request)
-    if user is None:
-        response = JsonResponse({"detail": "log in as staff, or send a staff user's bearer token"}, status=401)
-        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
-        return response
-    if user is False:
-        return JsonResponse({"detail": "metrics are for staff only"}, status=403)
-    return HttpResponse(render(), content_type=CONTENT_TYPE_LATEST)
 
 
 # --- Process hooks: gunicorn's (project/gunicorn.conf.py) and Celery worker signals ----------

@@ -7,11 +7,11 @@ from django.contrib.auth import get_user_model
 from django_celery_beat.admin import PeriodicTaskAdmin, PeriodicTaskForm, TaskSelectWidget
 from django_celery_beat.models import PeriodicTask
 
-from . import services
-from .aggregation import Summary
-from .models import ApiToken, Job, JobError, JobHourRollup, JobMinuteRollup, RollupWatermark
-from .periodic import SCHEDULED_JOB_TASK
-from .registry import all_kinds, get_kind
+from .. import services
+from ..aggregation import Summary
+from ..models import ApiToken, Job, JobError, JobHourRollup, JobMinuteRollup, RollupWatermark
+from ..registry import all_kinds, get_kind
+from ..tasks import SCHEDULED_JOB_TASK
 
 
 class JobErrorInline(admin.TabularInline):

@@ -1,5 +1,6 @@
 """The JSON API (django-ninja): jobs, kinds and the queue, with OpenAPI at /api/openapi.json."""
 import json
+from dataclasses import asdict
 from datetime import datetime, timezone as dt_timezone
 from typing import Any, Literal
 from uuid import UUID
@@ -14,11 +15,11 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer, django_auth
 from pydantic import ConfigDict, field_validator
 
-from . import selectors, services
-from .backpressure import BrokerUnavailable, gauge
-from .middleware import database_unavailable_response, is_database_down
-from .models import Job
-from .registry import all_kinds
+from .. import selectors, services
+from ..infra.db import is_database_down
+from ..models import Job
+from ..registry import all_kinds
+from .middleware import database_unavailable_response, refusal_response
 
 
 def _reject_constant(name: str):
@@ -34,7 +35,7 @@ class StrictJsonParser(Parser):
 
 class BearerToken(HttpBearer):
     def authenticate(self, request, token):
-        user = selectors.api_token_user(plain=token)
+        user = services.api_token_user(plain=token)
         if user is not None:
             request.user = user
         return user
@@ -284,18 +285,18 @@ class QueuesOut(Schema):
 
 @router.get("/queue", response={200: QueuesOut, 503: ErrorOut}, tags=["queue"], summary="Queue depth and the gate")
 def queue_state(request):
-    try:
-        snap = gauge.snapshot(max_age=0)
-    except BrokerUnavailable as exc:
-        return Status(503, {"detail": f"the message broker is not answering: {exc}"})
+    overview = selectors.queue_overview(max_age=0, workers=False)
+    snap = overview.snapshot
+    if snap is None:
+        return Status(503, {"detail": f"the message broker is not answering: {overview.broker_error}"})
     return {
-        "accepting": not snap.total_closed and not any(q.closed for q in snap.queues.values()),
+        "accepting": snap.accepting,
         "total_depth": snap.total_depth,
         "limit": snap.total_limit,
         "drain_rate": snap.drain_rate,
         "queues": [QueueOut(name=q.name, depth=q.depth, limit=q.limit, low_mark=q.low_mark, accepting=not q.closed)
                    for q in snap.queues.values()],
-        "submissions": gauge.submission_counts(),
+        "submissions": selectors.submission_counts(),
     }
 
 
@@ -337,8 +338,6 @@ class StatsFilters(Schema):
 @router.get("/stats", response=StatsOut, tags=["stats"], summary="Finished jobs per kind, from the rollups")
 def job_stats(request, filters: Query[StatsFilters]):
     """Platform-wide counts, success rate and wait/run percentiles per kind over the last hour or day."""
-    from dataclasses import asdict
-
     return {**asdict(selectors.job_stats(window=filters.window)), "counters": selectors.periodic_counters()}
 
 
@@ -354,6 +353,13 @@ def validation_error(request, exc: NinjaValidationError):
                     for e in exc.errors]},
         status=422,
     )
+
+
+@api.exception_handler(services.QueueFull)
+@api.exception_handler(services.BrokerUnavailable)
+def refused(request, exc):
+    """503 with Retry-After: the admission service refused the submission before anything was written."""
+    return refusal_response(request, exc)
 
 
 @api.exception_handler(OperationalError)

@@ -8,8 +8,9 @@ from __future__ import annotations
 from datetime import timezone as dt_timezone
 
 from django import forms
+from django.contrib.humanize.templatetags.humanize import intcomma
 
-from .registry import JobKind
+from ..registry import JobKind
 
 PARAMS_PREFIX = "params"
 # Longer strings than this get a text area rather than a one-line input.
@@ -31,7 +32,7 @@ def _field_schema(schema: dict, prop: dict) -> tuple[dict, bool]:
 
 
 def _fmt(number) -> str:
-    return f"{number:,}" if isinstance(number, int) else f"{number:g}"
+    return intcomma(number) if isinstance(number, int) else f"{number:g}"
 
 
 def _constraints(prop: dict) -> str:

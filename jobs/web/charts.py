@@ -5,7 +5,7 @@ import pygal
 from django.utils.safestring import SafeString, mark_safe
 from pygal.style import Style
 
-from .selectors import JobStats
+from ..selectors import JobStats
 
 STYLE = Style(
     background="transparent",

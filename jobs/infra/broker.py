@@ -1,0 +1,153 @@
+"""The message broker through Celery and kombu: publish by task name, revoke, queue depths, held messages,
+workers online, and the result backend's encoding."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+from celery import current_app
+from celery.exceptions import SoftTimeLimitExceeded  # noqa: F401 - raised in a run at its soft limit; runs catch it
+from django.conf import settings
+
+from .redis import REDIS_DOWN, broker_client, broker_is_platform_redis, broker_is_redis, client
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not answer."""
+
+
+def publish(*, task_name: str, args: tuple, task_id: str, queue: str, priority: int, headers: dict) -> None:
+    """Send one task message by name: the publisher needs no task object, only the name workers know."""
+    current_app.send_task(task_name, args=args, task_id=task_id, queue=queue, priority=priority, headers=headers)
+
+
+def revoke(task_id: str) -> None:
+    """Ask the worker running `task_id` to stop it (SIGTERM to its pool process)."""
+    current_app.control.revoke(task_id, terminate=True, signal="SIGTERM")
+
+
+def broker_list_names(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for one queue: one per priority step."""
+    sep = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("sep", ":")
+    return [f"{queue}{sep}{p}" if p else queue for p in settings.JOBS_PRIORITY_STEPS]
+
+
+def read_depths(queues: list[str], *, keys: list[str]) -> tuple[dict[str, int], list]:
+    """Messages waiting per queue, and the values of `keys` in the platform's Redis.
+
+    One round trip when the broker is the platform's Redis (the depth check is on every
+    submission's path); raises BrokerUnavailable when either does not answer.
+    """
+    try:
+        if not broker_is_redis():
+            return amqp_depths(queues), client().mget(keys) if keys else []
+        same = broker_is_platform_redis()
+        pipe = broker_client().pipeline(transaction=False)
+        for q in queues:
+            for name in broker_list_names(q):
+                pipe.llen(name)
+        if same and keys:
+            pipe.mget(keys)
+        replies = pipe.execute()
+        n = len(settings.JOBS_PRIORITY_STEPS)
+        depths = {q: sum(replies[i * n:(i + 1) * n]) for i, q in enumerate(queues)}
+        values = (replies[-1] if same else client().mget(keys)) if keys else []
+        return depths, values
+    except REDIS_DOWN as exc:
+        raise BrokerUnavailable(str(exc)) from exc
+
+
+def amqp_depths(queues: list[str]) -> dict[str, int]:
+    """Ready messages per queue on RabbitMQ, from a passive declare (which does not create the queue)."""
+    depths = {}
+    try:
+        with current_app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=1)
+            channel = conn.default_channel
+            for q in queues:
+                try:
+                    depths[q] = channel.queue_declare(queue=q, passive=True).message_count
+                except Exception as exc:  # noqa: BLE001 - a queue nobody declared yet holds nothing
+                    if "NOT_FOUND" not in str(exc):
+                        raise
+                    depths[q] = 0
+                    channel = conn.channel()
+    except Exception as exc:  # noqa: BLE001 - any connection failure means the broker is not answering
+        raise BrokerUnavailable(str(exc)) from exc
+    return depths
+
+
+def held_message_ids(queues: list[str]) -> set[str] | None:
+    """Ids of the task messages the broker holds (ready, or delivered and unacknowledged).
+
+    None when the broker cannot be read this way (RabbitMQ): the caller must then assume a
+    message may be missing.
+    """
+    if not broker_is_redis():
+        return None
+    pipe = broker_client().pipeline(transaction=False)
+    for q in queues:
+        for name in broker_list_names(q):
+            pipe.lrange(name, 0, -1)
+    pipe.hvals("unacked")
+    replies = pipe.execute()
+    ids = {_message_id(raw) for reply in replies[:-1] for raw in reply}
+    for raw in replies[-1]:
+        try:
+            ids.add(_message_id(json.dumps(json.loads(raw)[0])))
+        except (ValueError, IndexError, TypeError):
+            continue
+    ids.discard(None)
+    return ids
+
+
+def _message_id(raw) -> str | None:
+    try:
+        return json.loads(raw).get("headers", {}).get("id")
+    except (ValueError, AttributeError):
+        return None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    name: str
+    queues: list[str]
+
+
+WORKERS_CACHE_SECONDS = 5.0
+_workers_lock = threading.Lock()
+_workers_cache: dict = {"at": float("-inf"), "value": None}
+
+
+def workers_online(*, max_age: float | None = None, timeout: float = 0.5) -> list[WorkerInfo] | None:
+    """Workers answering a broadcast, with the queues they consume; None when the broker does not answer.
+
+    A broadcast waits its whole timeout for replies, so one answer is shared by every caller in
+    this process for `max_age` seconds (WORKERS_CACHE_SECONDS).
+    """
+    max_age = WORKERS_CACHE_SECONDS if max_age is None else max_age
+    with _workers_lock:
+        if time.monotonic() - _workers_cache["at"] < max_age:
+            return _workers_cache["value"]
+        try:
+            # A connection of its own, closed after: a pooled one is stale after a broker restart.
+            with current_app.connection_for_write() as connection:
+                replies = current_app.control.inspect(timeout=timeout, connection=connection).active_queues() or {}
+            value = sorted((WorkerInfo(name, sorted(q["name"] for q in queues)) for name, queues in replies.items()),
+                           key=lambda w: w.name)
+        except Exception:  # noqa: BLE001 - any broker failure means no worker can be known to be online
+            value = None
+        _workers_cache.update(at=time.monotonic(), value=value)
+        return value
+
+
+def encode_result(value) -> tuple[str, str, str]:
+    """(content_type, content_encoding, text) as the result backend stores a value."""
+    return current_app.backend.encode_content(value)
+
+
+def decode_result(task_result) -> object:
+    """The value a TaskResult row holds."""
+    return current_app.backend.decode_content(task_result, task_result.result)

@@ -1,0 +1,296 @@
+"""Admission (back pressure): whether a submission may enter its queue. Every way in (API, form, schedules)
+goes through job_submit, which asks admit(); the web middleware is only its HTTP face.
+
+Cost: no database access, and one Redis round trip (a pipeline) at most. A reading is trusted
+for JOBS_QUEUE_DEPTH_CACHE_SECONDS in each process, unless the submissions that process accepted
+since could have filled a queue (then it reads again). So the queue can overshoot its limit by at
+most what the other web processes accept in that TTL: with the defaults (0.1 s) and 2 gunicorn
+workers at 500 submissions/s each, 50 messages.
+
+While submissions keep coming, a thread of the process reads the depth again every half TTL, so
+that the round trip is not on a submission's path and a refusal is answered from memory
+(bench/README.md, "Complexity that pays": it moves the refusal's p99 in the server by the figure
+given there). It stops REFRESH_IDLE_SECONDS after the last submission; a submission that finds no
+fresh reading (the thread late, Redis down) reads for itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from django.conf import settings
+
+from ..infra import counters, metrics
+from ..infra.broker import read_depths
+from ..registry import JobKind
+from .errors import BrokerUnavailable, QueueFull
+
+logger = logging.getLogger(__name__)
+
+REFRESH_IDLE_SECONDS = 2.0  # the background reading stops this long after the last submission
+
+
+@dataclass(frozen=True)
+class QueueState:
+    name: str
+    depth: int
+    limit: int
+    low_mark: int
+    closed: bool  # refusing submissions until the depth falls below the low mark
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    queues: dict[str, QueueState]
+    total_depth: int
+    total_limit: int
+    total_closed: bool
+    drain_rate: float  # jobs claimed per second over the last DRAIN_WINDOW seconds
+    taken_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def accepting(self) -> bool:
+        return not self.total_closed and not any(q.closed for q in self.queues.values())
+
+    def refusal_for(self, queue: str | None) -> QueueState | None:
+        """The queue state that refuses a submission to `queue`, or None when it is accepted."""
+        if self.total_closed:
+            return QueueState("*", self.total_depth, self.total_limit, low_mark(self.total_limit), True)
+        state = self.queues.get(queue) if queue else None
+        return state if state is not None and state.closed else None
+
+    def retry_after(self, state: QueueState) -> int:
+        """Seconds until the depth is likely below the low mark again, from the recent drain rate."""
+        longest = settings.JOBS_RETRY_AFTER_MAX
+        if self.drain_rate <= 0:
+            return max(1, longest)  # nothing drains: no estimate, so the longest wait
+        excess = max(1, state.depth - state.low_mark)
+        return max(1, min(longest, math.ceil(excess / self.drain_rate)))
+
+
+def low_mark(limit: int) -> int:
+    return int(limit * settings.JOBS_QUEUE_LOW_WATERMARK)
+
+
+def queue_limit(queue: str) -> int:
+    return settings.JOBS_QUEUE_LIMITS.get(queue, settings.JOBS_QUEUE_LIMIT)
+
+
+class _Gauge:
+    """This process's reading of the queue depths, with what it accepted since."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._snapshot: Snapshot | None = None
+        # This process's acceptances, ever, and their value when the kept reading was sent: the
+        # difference is what the reading cannot have seen.
+        self._accepted: Counter[str] = Counter()
+        self._accepted_at_read: Counter[str] = Counter()
+        # One read at a time (the thread's or a submission's): the reading kept is always the latest.
+        self._read_lock = threading.Lock()
+        self._refresher: _Refresher | None = None
+
+    def reset(self) -> None:
+        self.stop_refresher()
+        with self._lock:
+            self._snapshot = None
+            self._accepted, self._accepted_at_read = Counter(), Counter()
+
+    def stop_refresher(self, timeout: float = 2.0) -> None:
+        with self._lock:
+            refresher, self._refresher = self._refresher, None
+        if refresher is not None:
+            refresher.stop(timeout)
+
+    def snapshot(self, *, max_age: float | None = None, keep_fresh: bool = False) -> Snapshot:
+        ttl = settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS if max_age is None else max_age
+        if keep_fresh and ttl > 0:
+            self._keep_fresh(ttl)
+        snap = self._snapshot
+        if snap is not None and time.monotonic() - snap.taken_at < ttl and not self._may_be_full(snap):
+            return snap
+        return self.read_and_keep()
+
+    def read_and_keep(self, stopped: threading.Event | None = None) -> Snapshot:
+        """Read and keep the reading, unless `stopped` (the thread was stopped by a reset meanwhile).
+
+        The reading is dated when it was sent, and this process's acceptances from then on count
+        as unseen by it: an acceptance noted while the read was under way is not forgotten.
+        """
+        with self._read_lock:
+            with self._lock:
+                accepted, sent_at = self._accepted.copy(), time.monotonic()
+            snap = dataclasses.replace(_read(), taken_at=sent_at)
+            with self._lock:
+                if stopped is None or not stopped.is_set():
+                    self._snapshot, self._accepted_at_read = snap, accepted
+        return snap
+
+    def _keep_fresh(self, ttl: float) -> None:
+        with self._lock:
+            refresher = self._refresher
+            if refresher is None or not refresher.alive():
+                refresher = _Refresher(self, interval=ttl / 2)
+                try:
+                    refresher.start()
+                except RuntimeError:  # no thread to be had (a limit, shutdown): submissions read for themselves
+                    logger.warning("queue depth refresher could not start", exc_info=True)
+                    return
+                self._refresher = refresher
+            refresher.demanded()
+
+    def refresher_running(self) -> bool:
+        refresher = self._refresher
+        return refresher is not None and refresher.alive()
+
+    def note_accepted(self, queue: str) -> None:
+        with self._lock:
+            self._accepted[queue] += 1
+            self._accepted["*"] += 1
+
+    def _may_be_full(self, snap: Snapshot) -> bool:
+        with self._lock:
+            mine = self._accepted - self._accepted_at_read
+        if not mine:
+            return False
+        if snap.total_depth + mine["*"] >= snap.total_limit:
+            return True
+        return any(state.depth + mine[name] >= state.limit for name, state in snap.queues.items() if mine[name])
+
+
+class _Refresher:
+    """A daemon thread that reads the depth every `interval` while submissions come, and sends the counts.
+
+    One per process (a forked child starts its own: threads do not survive a fork). It ends by
+    itself REFRESH_IDLE_SECONDS after the last submission, or at once on reset.
+    """
+
+    def __init__(self, gauge: _Gauge, *, interval: float):
+        self.gauge = gauge
+        self.interval = interval
+        self.pid = os.getpid()
+        self.last_demand = time.monotonic()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="queue-depth-refresher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def demanded(self) -> None:
+        self.last_demand = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.pid == os.getpid() and self._thread.is_alive() and not self._stopped.is_set()
+
+    def stop(self, timeout: float) -> None:
+        self._stopped.set()
+        if self.pid == os.getpid() and self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        # The submission that started the thread has just read for itself: the first reading is due later.
+        while not self._stopped.wait(self.interval):
+            if time.monotonic() - self.last_demand >= REFRESH_IDLE_SECONDS:
+                break
+            try:
+                self.gauge.read_and_keep(stopped=self._stopped)
+            except BrokerUnavailable:
+                pass  # submissions find the reading stale and read for themselves: they say the broker is down
+            except Exception:  # noqa: BLE001 - the thread must not die of a bad moment; submissions read meanwhile
+                logger.exception("queue depth refresh failed")
+            if not self._stopped.is_set():
+                counters.submissions.flush_if_due()
+        if not self._stopped.is_set():  # idle: what is left goes now; once stopped, the stopper sends it
+            self._stopped.set()
+            counters.submissions.flush()
+
+
+def _read() -> Snapshot:
+    queues = settings.JOBS_QUEUES
+    gate_names = [*queues, "*"]
+    drain_keys = counters.drain_keys()
+    depths, values = read_depths(queues, keys=[*drain_keys, *map(counters.gate_key, gate_names)])
+    drained, gates = values[:len(drain_keys)], values[len(drain_keys):]
+    closed_before = {name: bool(value) for name, value in zip(gate_names, gates)}
+    states = {q: _gate(q, depths[q], queue_limit(q), closed_before[q]) for q in queues}
+    total = sum(depths.values())
+    total_state = _gate("*", total, settings.JOBS_QUEUE_LIMIT, closed_before["*"])
+    return Snapshot(states, total, settings.JOBS_QUEUE_LIMIT, total_state.closed, counters.drain_rate(drained))
+
+
+def _gate(queue: str, depth: int, limit: int, was_closed: bool) -> QueueState:
+    """Close at the limit, open again below the low mark: the gate does not flap around the limit."""
+    low = low_mark(limit)
+    closed = depth >= limit or (was_closed and depth >= low)
+    if closed != was_closed:
+        counters.set_gate(queue, closed)
+        logger.info("queue_gate queue=%s state=%s depth=%s limit=%s", queue, "closed" if closed else "open",
+                    depth, limit)
+    return QueueState(queue, depth, limit, low, closed)
+
+
+_gauge = _Gauge()
+
+
+# --- The service ---------------------------------------------------------------------
+
+
+def admit(*, kind: JobKind) -> None:
+    """Raise QueueFull or BrokerUnavailable when a job of `kind` may not be queued now; inline kinds always may."""
+    if kind.inline:
+        return
+    try:
+        snap = _gauge.snapshot(keep_fresh=True)
+    except BrokerUnavailable:
+        refused("broker_down")
+        raise
+    state = snap.refusal_for(kind.queue)
+    if state is not None:
+        refused("queue_full")
+        raise QueueFull(queue=state.name, depth=state.depth, limit=state.limit, retry_after=snap.retry_after(state))
+
+
+def accepted(*, kind: JobKind) -> None:
+    """A job of `kind` was queued: count it, and let this process's reading know (inline kinds are not gated)."""
+    if kind.inline:
+        return
+    _gauge.note_accepted(kind.queue)
+    _count("accepted")
+
+
+def refused(reason: str) -> None:
+    metrics.refused(reason)
+    _count(f"refused_{reason}")
+
+
+def _count(outcome: str) -> None:
+    # While the background reading runs it sends the counts; otherwise the submission does, when due.
+    counters.submissions.add(outcome, send_when_due=not _gauge.refresher_running())
+
+
+def queue_snapshot(*, max_age: float | None = None) -> Snapshot:
+    """The queues as this process last read them (fresh: max_age=0); raises BrokerUnavailable."""
+    return _gauge.snapshot(max_age=max_age)
+
+
+def submission_counts() -> dict[str, int]:
+    """Accepted and refused submissions, cluster-wide, since Redis started."""
+    return counters.submissions.totals()
+
+
+def reset() -> None:
+    """Forget this process's reading and counts (tests; a forked process starts its own)."""
+    _gauge.reset()
+    counters.submissions.reset()
+
+
+def stop() -> None:
+    """A web process exits: stop the background reading (waiting for a batch it sends), then send the rest."""
+    _gauge.stop_refresher()
+    counters.submissions.flush()

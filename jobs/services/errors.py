@@ -1,0 +1,29 @@
+"""What the services raise for a caller to answer: bad input, a wrong state, a full queue, no broker."""
+from __future__ import annotations
+
+from ..infra.broker import BrokerUnavailable
+
+__all__ = ["BrokerUnavailable", "JobInputError", "JobStateError", "QueueFull", "BROKER_RETRY_AFTER"]
+
+# Seconds a client is told to wait when the broker does not answer.
+BROKER_RETRY_AFTER = 5
+
+
+class JobInputError(Exception):
+    """The submission is invalid; `errors` names each bad field as {loc, msg, type}."""
+
+    def __init__(self, errors: list[dict]):
+        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+        self.errors = errors
+
+
+class JobStateError(Exception):
+    """The job is not in a state that allows the action."""
+
+
+class QueueFull(Exception):
+    """Back pressure refused a submission: `queue` is at its limit (or "*", all queues together)."""
+
+    def __init__(self, *, queue: str, depth: int, limit: int, retry_after: int):
+        super().__init__(f"queue {queue} is full: depth {depth}, limit {limit}; retry after {retry_after}s")
+        self.queue, self.depth, self.limit, self.retry_after = queue, depth, limit, retry_after

@@ -1,0 +1,206 @@
+"""Submitting, cancelling and retrying jobs, and (re)publishing their messages: the only place that publishes."""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+from django_celery_results.models import TaskResult
+from pydantic import ValidationError
+
+from ..infra import broker, counters, metrics
+from ..infra.events import emit
+from ..models import Job
+from ..registry import JobKind, get_kind
+from . import admission
+from .errors import BrokerUnavailable, JobInputError, JobStateError, QueueFull
+from .runs import run_inline
+
+logger = logging.getLogger(__name__)
+S = Job.Status
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job: Job
+    created: bool
+
+
+def validate_params(kind: JobKind, params) -> dict:
+    """Return the kind's parameters as plain JSON, defaults filled in, or raise JobInputError."""
+    if not isinstance(params, dict):
+        raise JobInputError([{"loc": ["params"], "msg": "must be an object", "type": "type"}])
+    try:
+        model = kind.params_model.model_validate(params)
+    except ValidationError as exc:
+        raise JobInputError([{"loc": ["params", *(str(p) for p in e.get("loc", ()))], "msg": e["msg"],
+                              "type": e["type"]} for e in exc.errors()]) from None
+    return model.model_dump(mode="json")
+
+
+def job_submit(
+    *,
+    user,
+    kind: str,
+    params: dict | None = None,
+    idempotency_key: str | None = None,
+    priority: int | None = None,
+    run_at: datetime | None = None,
+    schedule_name: str = "",
+) -> SubmitResult:
+    """Validate, admit (back pressure), record a job and publish it after commit; an inline kind runs now.
+
+    Raises JobInputError, QueueFull or BrokerUnavailable, with nothing written.
+    """
+    job_kind = get_kind(kind)
+    if job_kind is None:
+        raise JobInputError([{"loc": ["kind"], "msg": f"unknown job kind {kind!r}", "type": "unknown_kind"}])
+    clean_params = validate_params(job_kind, params or {})
+    if priority is not None and not 0 <= priority <= 9:
+        raise JobInputError([{"loc": ["priority"], "msg": "must be 0-9", "type": "range"}])
+    if idempotency_key is not None:
+        existing = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return SubmitResult(existing, created=False)
+    admission.admit(kind=job_kind)
+
+    now = timezone.now()
+    due = run_at is None or run_at <= now
+    job = Job(
+        id=uuid.uuid4(), kind=job_kind.name, params=clean_params, owner=user, queue=job_kind.queue,
+        priority=job_kind.priority if priority is None else priority, idempotency_key=idempotency_key,
+        schedule_name=schedule_name, attempt_limit=job_kind.max_attempts, created_at=now, run_at=run_at or now,
+        published_at=now if due and not job_kind.inline else None,
+    )
+    try:
+        with transaction.atomic():
+            job.save(force_insert=True)
+            if job_kind.on_submit is not None:
+                job_kind.on_submit(job, clean_params)
+            if due and not job_kind.inline:
+                transaction.on_commit(lambda: _publish(job))
+            emit("submitted", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts,
+                 run_at=job.run_at.isoformat())
+    except IntegrityError:
+        # Two requests raced with the same idempotency key: the other one's job is the job.
+        if idempotency_key is None:
+            raise
+        return SubmitResult(Job.objects.get(owner=user, idempotency_key=idempotency_key), created=False)
+    admission.accepted(kind=job_kind)
+    if job_kind.inline:
+        run_inline(job=job, kind=job_kind)
+    return SubmitResult(job, created=True)
+
+
+def broker_priority(priority: int) -> int:
+    """Our 0-9 has 9 the most urgent; Redis serves its priority 0 first."""
+    return 9 - priority
+
+
+def _publish(job: Job) -> None:
+    """Send the job's message. A failure leaves the job queued for recovery to republish."""
+    kind = get_kind(job.kind)
+    try:
+        broker.publish(task_name=kind.task_name if kind else f"jobs.{job.kind}", args=(str(job.id), job.params),
+                       task_id=str(job.id), queue=job.queue, priority=broker_priority(job.priority),
+                       headers=metrics.publish_headers())
+    except Exception as exc:  # noqa: BLE001 - the database keeps the job; recovery republishes it
+        logger.warning("publish failed job=%s kind=%s error=%r; left for recovery", job.id, job.kind, exc)
+
+
+def jobs_publish_due(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Publish queued jobs whose run_at has come. Safe to run concurrently: each job is marked once."""
+    now = now or timezone.now()
+    published = 0
+    for job in Job.objects.due(now).order_by("run_at")[:limit]:
+        with transaction.atomic():
+            marked = Job.objects.filter(pk=job.pk, status=S.QUEUED, published_at__isnull=True).update(
+                published_at=now)
+            if marked:
+                transaction.on_commit(lambda job=job: _publish(job))
+                published += 1
+    return published
+
+
+def job_republish(*, job: Job) -> bool:
+    """Publish a claimable job's message again (its first was lost). A duplicate is dropped at claim."""
+    marked = Job.objects.filter(pk=job.pk, status__in=S.claimable()).update(published_at=timezone.now())
+    if marked:
+        _publish(job)
+        emit("republished", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts)
+    return bool(marked)
+
+
+@transaction.atomic
+def job_cancel(*, job: Job) -> Job:
+    """Cancel a job that has not finished: a queued one never starts, a running one stops at its next check."""
+    now = timezone.now()
+    was_running = job.status == S.RUNNING
+    changed = Job.objects.filter(pk=job.pk, status__in=[S.QUEUED, S.RETRYING, S.RUNNING]).update(
+        status=S.CANCELLED, cancelled_at=now, finished_at=now, claim_token=None, updated_at=now)
+    if not changed:
+        job.refresh_from_db()
+        raise JobStateError(f"a {job.status} job cannot be cancelled")
+    kind = get_kind(job.kind)
+    if was_running and kind is not None and kind.terminable:
+        transaction.on_commit(lambda: broker.revoke(str(job.id)))
+    emit("cancelled", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts)
+    job.refresh_from_db()
+    return job
+
+
+@transaction.atomic
+def job_retry(*, job: Job) -> Job:
+    """Run a failed or cancelled job again with its original parameters and a fresh attempt budget."""
+    kind = get_kind(job.kind)
+    if kind is None:
+        raise JobStateError(f"job kind {job.kind!r} no longer exists")
+    now = timezone.now()
+    changed = Job.objects.filter(pk=job.pk, status__in=[S.FAILED, S.CANCELLED]).update(
+        status=S.QUEUED, attempt_limit=F("attempts") + kind.max_attempts, claim_token=None, error="",
+        progress_done=0, progress_total=0, progress_message="", run_at=now, published_at=now, started_at=None,
+        finished_at=None, cancelled_at=None, next_attempt_at=None, updated_at=now,
+    )
+    if not changed:
+        job.refresh_from_db()
+        raise JobStateError(f"a {job.status} job cannot be retried")
+    # The job's one result is the result of its latest run.
+    TaskResult.objects.filter(task_id=str(job.id)).delete()
+    job.refresh_from_db()
+    transaction.on_commit(lambda: _publish(job))
+    emit("retried", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts)
+    return job
+
+
+def job_submit_scheduled(*, schedule_name: str, kind: str, params: dict | None, owner: str | None,
+                         run_id: str | None) -> str:
+    """Submit one run of a user schedule, unless its kind or owner is gone or back pressure refuses it.
+
+    A refused or invalid run is logged and counted, never dropped silently. `run_id` (the beat
+    message's id) is the idempotency key, so that a redelivered message is one job.
+    """
+    user = None
+    if owner:
+        user = get_user_model().objects.filter(username=owner, is_active=True).first()
+        if user is None:
+            logger.error("scheduled run skipped: owner %r is not an active user schedule=%r", owner, schedule_name)
+            counters.count_event("schedule_invalid")
+            return "invalid"
+    try:
+        outcome = job_submit(user=user, kind=kind, params=params or {}, schedule_name=schedule_name[:200],
+                             idempotency_key=f"schedule:{run_id}" if run_id else None)
+    except JobInputError as exc:
+        logger.error("scheduled run skipped: invalid schedule=%r kind=%r error=%s", schedule_name, kind, exc)
+        counters.count_event("schedule_invalid")
+        return "invalid"
+    except (QueueFull, BrokerUnavailable) as exc:
+        logger.warning("scheduled run refused schedule=%r kind=%s reason=%r", schedule_name, kind, str(exc))
+        counters.count_event("schedule_refused", schedule=schedule_name or kind)
+        return "refused"
+    counters.count_event("schedule_submitted")
+    return f"submitted {outcome.job.id}"

@@ -1,0 +1,1 @@
+"""The web layer: HTTP only (dashboard, API, admin, middleware, metrics, health)."""
