@@ -137,12 +137,11 @@ def main() -> None:
         "notes": [
             "A view doing one bare `.delay()` is the floor of any endpoint that publishes through Celery, and "
             "on this machine that floor is itself under half the constant view: no such endpoint can reach "
-            "0.5 x here. POST /api/jobs adds the token lookup (cached per process), the Job insert (a prepared "
-            "statement), the depth check (from memory, read in the background while submissions come) and the JSON in and out.",
+            "0.5 x here. POST /api/jobs adds the token lookup (kept a second per process), the Job insert, "
+            "the depth check (from memory, read in the background while submissions come) and the JSON in and out.",
             "What a publish costs, measured: the task-sent event (off by default, CELERY_TASK_SEND_SENT_EVENT) "
-            "30-40%; Celery reading its settings through Django's settings object about 13% (the platform "
-            "gives Celery a plain copy); kombu creating a Redis client object per publish about 20% (not "
-            "changed: it is inside kombu's Redis transport).",
+            "30-40%; kombu creating a Redis client object per publish about 20% (not changed: it is inside "
+            "kombu's Redis transport).",
             "Paced runs send evenly spaced requests from 16 hey processes, which share the 2 cores with the "
             "server: at 90% of the constant view's maximum they cannot send as fast as asked (the rate column "
             "says what was sent), and their own work is in every latency figure.",

@@ -94,6 +94,7 @@ class _Gauge:
         self._accepted_at_read: Counter[str] = Counter()
         # One read at a time (the thread's or a submission's): the reading kept is always the latest.
         self._read_lock = threading.Lock()
+        self._failed_at = float("-inf")  # when the last read that the broker did not answer was sent
         self._refresher: _Refresher | None = None
 
     def reset(self) -> None:
@@ -101,6 +102,7 @@ class _Gauge:
         with self._lock:
             self._snapshot = None
             self._accepted, self._accepted_at_read = Counter(), Counter()
+            self._failed_at = float("-inf")
 
     def stop_refresher(self, timeout: float = 2.0) -> None:
         with self._lock:
@@ -121,12 +123,24 @@ class _Gauge:
         """Read and keep the reading, unless `stopped` (the thread was stopped by a reset meanwhile).
 
         The reading is dated when it was sent, and this process's acceptances from then on count
-        as unseen by it: an acceptance noted while the read was under way is not forgotten.
+        as unseen by it: an acceptance noted while the read was under way is not forgotten. A
+        caller that waited for another read takes that one's outcome (sent after it came) instead
+        of a second round trip.
         """
+        came = time.monotonic()
         with self._read_lock:
+            snap = self._snapshot
+            if snap is not None and snap.taken_at >= came and not self._may_be_full(snap):
+                return snap
+            if self._failed_at >= came:
+                raise BrokerUnavailable("the broker did not answer a read sent meanwhile")
             with self._lock:
                 accepted, sent_at = self._accepted.copy(), time.monotonic()
-            snap = dataclasses.replace(_read(), taken_at=sent_at)
+            try:
+                snap = dataclasses.replace(_read(), taken_at=sent_at)
+            except BrokerUnavailable:
+                self._failed_at = sent_at
+                raise
             with self._lock:
                 if stopped is None or not stopped.is_set():
                     self._snapshot, self._accepted_at_read = snap, accepted

@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+
 from django.utils import timezone
 from django_celery_results.models import TaskResult
 
@@ -31,6 +31,7 @@ from ..infra.db import is_database_down
 from ..infra.events import emit
 from ..models import Job, JobError
 from ..registry import JobKind, get_kind, hard_time_limit
+from . import statements
 
 logger = logging.getLogger(__name__)
 S = Job.Status
@@ -62,10 +63,6 @@ def full_jitter_backoff(attempt: int, *, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))
 
 
-def _claimable(now) -> Q:
-    return Q(status__in=S.claimable()) | Q(status=S.RUNNING, lease_expires_at__lt=now)
-
-
 def job_claim(*, job_id: str, kind: JobKind, worker: str, wait_seconds: float | None = None) -> Claim | None:
     """Take the job for this run: one conditional UPDATE. None when another run has it or it is over.
 
@@ -75,16 +72,11 @@ def job_claim(*, job_id: str, kind: JobKind, worker: str, wait_seconds: float | 
     now = timezone.now()
     token = uuid.uuid4()
     lease = now + timedelta(seconds=hard_time_limit(kind) + 5)
-    with transaction.atomic():
-        claimed = Job.objects.filter(pk=job_id, attempts__lt=F("attempt_limit"), run_at__lte=now).filter(
-            _claimable(now)).update(status=S.RUNNING, claim_token=token, attempts=F("attempts") + 1,
-                                    worker=worker[:200], started_at=now, lease_expires_at=lease,
-                                    next_attempt_at=None, updated_at=now)
-        if not claimed:
-            return None
-        attempt = Job.objects.filter(pk=job_id).values_list("attempts", flat=True).get()
-        emit("running", job_id=job_id, kind=kind.name, queue=kind.queue, attempt=attempt, wait_seconds=wait_seconds,
-             worker=worker)
+    attempt = statements.claim(job_id=job_id, token=token, worker=worker[:200], now=now, lease=lease)
+    if attempt is None:
+        return None
+    emit("running", job_id=job_id, kind=kind.name, queue=kind.queue, attempt=attempt, wait_seconds=wait_seconds,
+         worker=worker)
     counters.record_drained()
     return Claim(token=token, started_at=now, attempt=attempt)
 
@@ -100,15 +92,16 @@ def job_is_current(*, job_id: str, token: uuid.UUID) -> bool:
     return Job.objects.filter(pk=job_id, claim_token=token, status=S.RUNNING).exists()
 
 
-def _store_result(*, job_id: str, kind_name: str, params: dict, status: str, result, traceback: str = "",
-                  worker: str = "", started_at=None) -> None:
-    """The job's TaskResult, through django-celery-results' own manager: it replaces any row Celery wrote."""
+def _result_row(*, job_id: str, kind_name: str, params: dict, status: str, result, traceback: str = "",
+                worker: str = "", started_at=None) -> statements.Insert:
+    """The job's TaskResult, prepared: it replaces any row Celery wrote for the same id."""
     content_type, content_encoding, encoded = broker.encode_result(result)
     _, _, meta = broker.encode_result({"children": []})
-    TaskResult.objects.store_result(
-        content_type, content_encoding, job_id, encoded, status, traceback=traceback or None, meta=meta,
-        task_name=f"jobs.{kind_name}", task_args=json.dumps([job_id, params]), task_kwargs="{}",
-        worker=worker[:100], date_started=started_at)
+    row = TaskResult(task_id=job_id, task_name=f"jobs.{kind_name}", task_args=json.dumps([job_id, params]),
+                     task_kwargs="{}", status=status, worker=worker[:100], content_type=content_type,
+                     content_encoding=content_encoding, result=encoded, traceback=traceback or None, meta=meta,
+                     date_started=started_at)
+    return statements.Insert(row, replace_on="task_id")
 
 
 def job_succeed(*, job_id: str, claim: Claim, kind: JobKind, params: dict, result, worker: str) -> bool:
@@ -118,14 +111,14 @@ def job_succeed(*, job_id: str, claim: Claim, kind: JobKind, params: dict, resul
     records two results.
     """
     now = timezone.now()
-    with transaction.atomic():
-        finished = Job.objects.filter(pk=job_id, claim_token=claim.token, status=S.RUNNING).update(
-            status=S.SUCCEEDED, finished_at=now, claim_token=None, lease_expires_at=None,
-            progress_done=F("progress_total"), updated_at=now)
-        if not finished:
+    # Everything is prepared before BEGIN: on SQLite the write lock is held from there to COMMIT.
+    finish = statements.Finish(job_id=job_id, token=claim.token, now=now)
+    result_row = _result_row(job_id=job_id, kind_name=kind.name, params=params, status="SUCCESS", result=result,
+                             worker=worker, started_at=claim.started_at)
+    with transaction.atomic(using=finish.alias):
+        if not finish.run():
             return False
-        _store_result(job_id=job_id, kind_name=kind.name, params=params, status="SUCCESS", result=result,
-                      worker=worker, started_at=claim.started_at)
+        result_row.run()
         emit("succeeded", job_id=job_id, kind=kind.name, queue=kind.queue, attempt=claim.attempt,
              run_seconds=(now - claim.started_at).total_seconds())
     return True
@@ -161,9 +154,9 @@ def job_run_failed(*, job_id: str, token: uuid.UUID | None, error: str, tracebac
         return FailureOutcome(retry_in=delay, attempt=job.attempts)
     Job.objects.filter(pk=job.pk).update(status=S.FAILED, claim_token=None, lease_expires_at=None,
                                          error=error[:2000], finished_at=now, updated_at=now)
-    _store_result(job_id=job_id, kind_name=job.kind, params=job.params, status="FAILURE",
-                  result={"exc_type": "JobFailed", "exc_message": [error[:2000]], "exc_module": "builtins"},
-                  traceback=traceback, worker=job.worker, started_at=job.started_at)
+    _result_row(job_id=job_id, kind_name=job.kind, params=job.params, status="FAILURE",
+                result={"exc_type": "JobFailed", "exc_message": [error[:2000]], "exc_module": "builtins"},
+                traceback=traceback, worker=job.worker, started_at=job.started_at).run()
     emit("failed", job_id=job_id, kind=job.kind, queue=job.queue, attempt=job.attempts, run_seconds=run_seconds,
          error=error[:200])
     return FailureOutcome(retry_in=None, attempt=job.attempts)

@@ -17,7 +17,7 @@ from ..infra import broker, counters, metrics
 from ..infra.events import emit
 from ..models import Job
 from ..registry import JobKind, get_kind
-from . import admission
+from . import admission, statements
 from .errors import BrokerUnavailable, JobInputError, JobStateError, QueueFull
 from .runs import run_inline
 
@@ -77,9 +77,10 @@ def job_submit(
         schedule_name=schedule_name, attempt_limit=job_kind.max_attempts, created_at=now, run_at=run_at or now,
         published_at=now if due and not job_kind.inline else None,
     )
+    insert = statements.Insert(job)  # prepared before BEGIN: on SQLite the write lock is taken there
     try:
         with transaction.atomic():
-            job.save(force_insert=True)
+            insert.run()
             if job_kind.on_submit is not None:
                 job_kind.on_submit(job, clean_params)
             if due and not job_kind.inline:
@@ -148,10 +149,18 @@ def job_cancel(*, job: Job) -> Job:
         raise JobStateError(f"a {job.status} job cannot be cancelled")
     kind = get_kind(job.kind)
     if was_running and kind is not None and kind.terminable:
-        transaction.on_commit(lambda: broker.revoke(str(job.id)))
+        transaction.on_commit(lambda: _stop_run(job))
     emit("cancelled", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts)
     job.refresh_from_db()
     return job
+
+
+def _stop_run(job: Job) -> None:
+    """Ask the worker to stop a cancelled job's run now; without a broker it stops at its next check."""
+    try:
+        broker.revoke(str(job.id))
+    except Exception as exc:  # noqa: BLE001 - the cancel is recorded either way
+        logger.warning("could not ask the worker to stop job=%s error=%r; it stops at its next check", job.id, exc)
 
 
 @transaction.atomic

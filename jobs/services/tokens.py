@@ -12,6 +12,8 @@ import copy
 import hashlib
 import secrets
 import threading
+from dataclasses import dataclass
+from datetime import datetime
 
 from cachetools import TTLCache
 from django.conf import settings
@@ -21,8 +23,15 @@ from django.utils import timezone
 from ..models import ApiToken
 
 _lock = threading.Lock()
-_cache: TTLCache | None = None  # digest -> (user, token id, last_used_at), made on first use from the setting
+_cache: TTLCache | None = None  # digest -> _Entry, made on first use from the setting
 _cleared = 0  # how many times this process forgot everything: a row read before a change is not kept after it
+
+
+@dataclass
+class _Entry:
+    user: object
+    token_id: int
+    last_used_at: datetime | None
 
 
 def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
@@ -47,16 +56,16 @@ def api_token_user(*, plain: str):
         token = ApiToken.objects.select_related("user").filter(key_hash=digest, revoked_at__isnull=True).first()
         if token is None or not token.user.is_active:
             return None
-        entry = (token.user, token.pk, token.last_used_at)
+        entry = _Entry(token.user, token.pk, token.last_used_at)
         _put(digest, entry, cleared)
-    user, token_id, last_used_at = entry
-    # Kept up to date once a minute: it tells the user which tokens are still in use.
+    # Kept up to date once a minute: it tells the user which tokens are still in use. Stamped on
+    # the entry in place, so that the entry's time to live does not start again.
     now = timezone.now()
-    if last_used_at is None or (now - last_used_at).total_seconds() > 60:
-        ApiToken.objects.filter(pk=token_id).update(last_used_at=now)
-        _put(digest, (user, token_id, now), cleared)
+    if entry.last_used_at is None or (now - entry.last_used_at).total_seconds() > 60:
+        ApiToken.objects.filter(pk=entry.token_id).update(last_used_at=now)
+        entry.last_used_at = now
     # A copy, so that what one request does to its user never reaches the next one.
-    return copy.copy(user)
+    return copy.copy(entry.user)
 
 
 def forget_tokens(**signal_kwargs) -> None:

@@ -75,7 +75,6 @@ def job_list(request):
     # What each row shows is prepared here, once: per-row url reversing and date formatting in
     # the template cost more than the database on a page of 50.
     titles = {k.name: k.title for k in all_kinds()}
-    now = timezone.now()
     detail_url = reverse("jobs:detail", args=[_URL_PLACEHOLDER])
     for job in page.jobs:
         job.kind_title = titles.get(job.kind, job.kind)
