@@ -25,7 +25,7 @@ from bench import common  # noqa: E402
 BENCH_DIR = common.BASE_DIR / "bench"
 README = BENCH_DIR / "README.md"
 # The order of the report; any other bench_*.py runs after these.
-ORDER = ["throughput", "submit_latency", "inline_vs_queue", "overload", "aggregation", "dashboard"]
+ORDER = ["throughput", "submit_latency", "inline_vs_queue", "overload", "aggregation", "dashboard", "forms"]
 # Results whose README section this script writes (the others keep their hand-written sections).
 RENDERED = {"throughput", "submit_latency", "inline_vs_queue"}
 SUMMARY_START, SUMMARY_END = "<!-- summary:start -->", "<!-- summary:end -->"

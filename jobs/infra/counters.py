@@ -71,15 +71,11 @@ class SubmissionCounts:
         self._pending: Counter[str] = Counter()
         self._sent_at = float("-inf")
 
-    def add(self, outcome: str, *, send_when_due: bool = True) -> None:
+    def add(self, outcome: str) -> None:
         with self._lock:
             self._pending[outcome] += 1
             due = time.monotonic() - self._sent_at >= COUNTS_FLUSH_SECONDS
-        if due and send_when_due:
-            self.flush()
-
-    def flush_if_due(self) -> None:
-        if time.monotonic() - self._sent_at >= COUNTS_FLUSH_SECONDS:
+        if due:
             self.flush()
 
     def flush(self) -> None:
