@@ -57,6 +57,18 @@ def test_same_idempotency_key_returns_the_same_job(api, redis_server, django_cap
     assert queued_message_ids(redis_server, "default") == [first.json()["id"]]
 
 
+def test_the_same_idempotency_key_with_other_params_is_a_conflict(api):
+    first = api.post("/api/jobs", {"kind": "count_primes", "params": {"limit": 100}, "idempotency_key": "k1"})
+    again = api.post("/api/jobs", {"kind": "count_primes", "params": {"limit": 100}, "idempotency_key": "k1"})
+    other = api.post("/api/jobs", {"kind": "count_primes", "params": {"limit": 200}, "idempotency_key": "k1"})
+    kind = api.post("/api/jobs", {"kind": "noop", "idempotency_key": "k1"})
+    assert first.status_code == 202 and again.status_code == 200
+    assert other.status_code == 409 and other.json()["mismatch"] == ["params"]
+    assert other.json()["job"] == first.json()["id"] and other.json()["error"] == "idempotency_key_reused"
+    assert kind.status_code == 409 and kind.json()["mismatch"] == ["kind", "params"]
+    assert Job.objects.count() == 1
+
+
 def test_idempotency_keys_are_per_user(api_for, user, other_user):
     a = api_for(user).post("/api/jobs", {"kind": "noop", "idempotency_key": "k"}).json()["id"]
     b = api_for(other_user).post("/api/jobs", {"kind": "noop", "idempotency_key": "k"}).json()["id"]

@@ -69,6 +69,40 @@ def test_every_api_operation_refuses_requests_without_a_valid_token(client, user
     assert Job.objects.count() == 1 and Job.objects.get().status == Job.Status.QUEUED
 
 
+def test_a_token_client_meets_401_with_a_challenge_never_csrf(user):
+    """What a real HTTP client sees (CSRF checks on, as in production): 401 and WWW-Authenticate."""
+    job = services.job_submit(user=user, kind="noop").job
+    _, good = services.api_token_create(user=user)
+    client = Client(enforce_csrf_checks=True)
+    for header in (None, "Bearer jpt_wrong", f"Basic {good}", f"Token {good}", "Bearer", "garbage"):
+        headers = {"HTTP_AUTHORIZATION": header} if header is not None else {}
+        for url in ("/api/jobs", f"/api/jobs/{job.id}/cancel", f"/api/jobs/{job.id}/retry"):
+            response = client.post(url, json.dumps({"kind": "noop"}), content_type="application/json", **headers)
+            assert response.status_code == 401, (header, url, response.content)
+            assert response["WWW-Authenticate"] == 'Bearer realm="api"'
+    assert client.post("/api/jobs", json.dumps({"kind": "noop"}), content_type="application/json",
+                       HTTP_AUTHORIZATION=f"Bearer {good}").status_code == 202
+
+
+def test_no_credential_a_client_sends_reaches_a_log(user, caplog, settings):
+    import logging
+
+    settings.DEBUG = True  # where django-ninja's own bearer class logged unexpected schemes
+    _, good = services.api_token_create(user=user)
+    secret = secrets.token_urlsafe(16)
+    headers = [f"Basic {secret}", f"Token {good}", f"Bearer {secret}", f"{secret}", f"Digest {secret}=="]
+    client = Client(enforce_csrf_checks=True)
+    with caplog.at_level(logging.DEBUG):
+        for header in headers:
+            client.post("/api/jobs", json.dumps({"kind": "noop"}), content_type="application/json",
+                        HTTP_AUTHORIZATION=header)
+            client.get("/api/jobs", HTTP_AUTHORIZATION=header)
+            client.get("/metrics", HTTP_AUTHORIZATION=header)
+    logged = "\n".join(r.getMessage() + repr(r.__dict__.get("args")) for r in caplog.records)
+    assert logged, "the requests were logged at all"
+    assert secret not in logged and good not in logged
+
+
 def test_session_login_on_the_api_needs_the_csrf_token_for_writes(user):
     browser = Client(enforce_csrf_checks=True)
     browser.force_login(user)

@@ -1,5 +1,5 @@
 """Services: every write and every state transition of a job, and admission. Callers parse, call one, answer."""
-from .errors import BrokerUnavailable, JobInputError, JobStateError, QueueFull
+from .errors import BrokerUnavailable, IdempotencyConflict, JobInputError, JobStateError, QueueFull
 from .recovery import delete_expired, recover_jobs
 from .runs import (Claim, FailureOutcome, JobCancelled, JobContext, RunOutcome, execute_job, full_jitter_backoff,
                    job_claim, job_is_current, job_progress, job_run_failed, job_succeed, worker_name)
@@ -8,7 +8,7 @@ from .submit import (SubmitResult, broker_priority, job_cancel, job_republish, j
 from .tokens import api_token_create, api_token_revoke, api_token_user, forget_tokens
 
 __all__ = [
-    "BrokerUnavailable", "Claim", "FailureOutcome", "JobCancelled", "JobContext", "JobInputError", "JobStateError",
+    "BrokerUnavailable", "Claim", "IdempotencyConflict", "FailureOutcome", "JobCancelled", "JobContext", "JobInputError", "JobStateError",
     "QueueFull", "RunOutcome", "SubmitResult", "api_token_create", "api_token_revoke", "api_token_user",
     "broker_priority", "delete_expired", "execute_job", "forget_tokens", "full_jitter_backoff", "job_cancel",
     "job_claim", "job_is_current", "job_progress", "job_republish", "job_retry", "job_run_failed", "job_submit",

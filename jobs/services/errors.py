@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..infra.broker import BrokerUnavailable
 
-__all__ = ["BrokerUnavailable", "JobInputError", "JobStateError", "QueueFull", "BROKER_RETRY_AFTER"]
+__all__ = ["BrokerUnavailable", "IdempotencyConflict", "JobInputError", "JobStateError", "QueueFull",
+           "BROKER_RETRY_AFTER"]
 
 # Seconds a client is told to wait when the broker does not answer.
 BROKER_RETRY_AFTER = 5
@@ -19,6 +20,14 @@ class JobInputError(Exception):
 
 class JobStateError(Exception):
     """The job is not in a state that allows the action."""
+
+
+class IdempotencyConflict(Exception):
+    """The idempotency key names a job submitted with another kind or other parameters: `mismatch` says which."""
+
+    def __init__(self, *, job_id, mismatch: list[str]):
+        super().__init__(f"idempotency key already used for job {job_id} with other {' and '.join(mismatch)}")
+        self.job_id, self.mismatch = job_id, mismatch
 
 
 class QueueFull(Exception):

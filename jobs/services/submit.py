@@ -18,7 +18,7 @@ from ..infra.events import emit
 from ..models import Job
 from ..registry import JobKind, get_kind
 from . import admission, statements
-from .errors import BrokerUnavailable, JobInputError, JobStateError, QueueFull
+from .errors import BrokerUnavailable, IdempotencyConflict, JobInputError, JobStateError, QueueFull
 from .runs import run_inline
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def job_submit(
     if idempotency_key is not None:
         existing = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
         if existing is not None:
-            return SubmitResult(existing, created=False)
+            return _same_submission(existing, kind=job_kind.name, params=clean_params)
     admission.admit(kind=job_kind)
 
     now = timezone.now()
@@ -91,11 +91,20 @@ def job_submit(
         # Two requests raced with the same idempotency key: the other one's job is the job.
         if idempotency_key is None:
             raise
-        return SubmitResult(Job.objects.get(owner=user, idempotency_key=idempotency_key), created=False)
+        return _same_submission(Job.objects.get(owner=user, idempotency_key=idempotency_key), kind=job_kind.name,
+                                params=clean_params)
     admission.accepted(kind=job_kind)
     if job_kind.inline:
         run_inline(job=job, kind=job_kind)
     return SubmitResult(job, created=True)
+
+
+def _same_submission(job: Job, *, kind: str, params: dict) -> SubmitResult:
+    """The job an idempotency key already names, if it was submitted as this one is; else IdempotencyConflict."""
+    mismatch = [name for name, same in (("kind", job.kind == kind), ("params", job.params == params)) if not same]
+    if mismatch:
+        raise IdempotencyConflict(job_id=job.id, mismatch=mismatch)
+    return SubmitResult(job, created=False)
 
 
 def broker_priority(priority: int) -> int:

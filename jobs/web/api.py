@@ -8,11 +8,12 @@ from uuid import UUID
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
 from ninja import Field, NinjaAPI, Query, Router, Schema, Status
-from ninja.errors import HttpError
+from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.pagination import LimitOffsetPagination, paginate
 from ninja.parser import Parser
-from ninja.security import HttpBearer, django_auth
+from ninja.security.base import AuthBase
+from ninja.utils import check_csrf
 from pydantic import ConfigDict, field_validator
 
 from .. import selectors, services
@@ -33,11 +34,32 @@ class StrictJsonParser(Parser):
         return json.loads(request.body, parse_constant=_reject_constant)
 
 
-class BearerToken(HttpBearer):
-    def authenticate(self, request, token):
-        user = services.api_token_user(plain=token)
-        if user is not None:
-            request.user = user
+class TokenOrSession(AuthBase):
+    """A bearer token, or the dashboard's session (with its CSRF token on writes).
+
+    A request with an Authorization header is a token client and is judged by its token alone:
+    401 when it is not a valid bearer token, never a CSRF 403, and the header's value is never
+    logged. Without the header a logged-in session is accepted; its writes need the CSRF token.
+    """
+
+    openapi_type = "http"
+    openapi_scheme = "bearer"
+
+    def __call__(self, request):
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, token = header.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                return None
+            user = services.api_token_user(plain=token.strip())
+            if user is not None:
+                request.user = user
+            return user
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated:
+            return None
+        if request.method not in ("GET", "HEAD", "OPTIONS") and check_csrf(request) is not None:
+            raise HttpError(403, "CSRF check failed: a session's writes need the CSRF token (a bearer token needs none)")
         return user
 
 
@@ -76,7 +98,7 @@ api = JobsAPI(
     version="1.0",
     description="Submit background jobs, follow them, cancel and retry them. Authenticate with "
     "`Authorization: Bearer <token>` (`python manage.py create_token USERNAME`).",
-    auth=[BearerToken(), django_auth],
+    auth=TokenOrSession(),
     parser=StrictJsonParser(),
     urls_namespace="api",
 )
@@ -103,6 +125,13 @@ def _first_nul(value, path=()):
 
 class ErrorOut(Schema):
     detail: Any
+
+
+class ConflictOut(Schema):
+    error: Literal["idempotency_key_reused"]
+    detail: str
+    job: UUID = Field(..., description="The job the key already names.")
+    mismatch: list[Literal["kind", "params"]] = Field(..., description="What differs from that job's submission.")
 
 
 class JobIn(Schema):
@@ -201,7 +230,7 @@ def _get_or_404(request, job_id: UUID) -> Job:
 router = Router(tags=["jobs"])
 
 
-@router.post("/jobs", response={200: JobOut, 202: JobOut, 422: ErrorOut, 503: ErrorOut},
+@router.post("/jobs", response={200: JobOut, 202: JobOut, 409: ConflictOut, 422: ErrorOut, 503: ErrorOut},
              summary="Submit a job")
 def submit_job(request, payload: JobIn):
     """Record a job and queue it (202), or run an inline kind now (200). The same idempotency key returns the same job (200)."""
@@ -215,6 +244,9 @@ def submit_job(request, payload: JobIn):
         )
     except services.JobInputError as exc:
         raise NinjaValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
+    except services.IdempotencyConflict as exc:
+        return Status(409, {"error": "idempotency_key_reused", "detail": str(exc), "job": str(exc.job_id),
+                            "mismatch": exc.mismatch})
     job = outcome.job
     if not outcome.created or job.is_finished:
         return Status(200, _with_result(job))
@@ -353,6 +385,16 @@ def validation_error(request, exc: NinjaValidationError):
                     for e in exc.errors]},
         status=422,
     )
+
+
+@api.exception_handler(AuthenticationError)
+def unauthorized(request, exc):
+    """401 with the challenge RFC 9110 asks for."""
+    response = api.create_response(
+        request, {"detail": "send a valid token: Authorization: Bearer <token> (or log in to the dashboard)"},
+        status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
 
 
 @api.exception_handler(services.QueueFull)
