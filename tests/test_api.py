@@ -236,3 +236,26 @@ def test_healthz_reports_each_part(client, redis_server):
         assert response.json()["database"] == "ok" and response.json()["broker"].startswith("down")
     finally:
         redis_server.start()
+
+
+def test_a_method_the_path_does_not_take_is_a_json_405(api):
+    response = api.client.delete("/api/jobs", **api.headers)
+    assert response.status_code == 405 and response["Content-Type"] == "application/json"
+    assert response.json()["error"] == "method_not_allowed" and "GET" in response["Allow"]
+
+
+def test_every_error_is_declared_by_reference_and_503_with_its_bodies_and_retry_after(client):
+    schema = client.get("/api/openapi.json").json()
+    components = schema["components"]["schemas"]
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            for code, response in operation["responses"].items():
+                if not code.startswith(("4", "5")):
+                    continue
+                body = response["content"]["application/json"]["schema"]
+                refs = [option["$ref"] for option in body.get("oneOf", [body])]
+                assert all(ref.removeprefix("#/components/schemas/") in components for ref in refs), (path, code)
+            unavailable = operation["responses"]["503"]
+            assert "Retry-After" in unavailable["headers"], (path, method)
+            assert {o["$ref"].rsplit("/", 1)[1] for o in unavailable["content"]["application/json"]["schema"]["oneOf"]} \
+                == {"QueueFullOut", "UnavailableOut"}

@@ -335,3 +335,27 @@ def test_every_state_change_of_a_job_is_one_json_line_with_its_attempt(worker_fa
     assert [(e["event"], e["attempt"]) for e in events] == [
         ("running", 1), ("retrying", 1), ("running", 2), ("succeeded", 2)]
     assert all(e["kind"] == "steps" and e["level"] == "INFO" for e in events)
+
+
+SCRAPE_IN_A_NEW_PROCESS = """
+import django
+django.setup()
+from django.contrib.auth import get_user_model
+from django.test import RequestFactory
+from jobs.web.metrics_view import metrics_view
+request = RequestFactory().get("/metrics")
+request.user = get_user_model()(username="staff", is_staff=True, is_active=True)
+print(metrics_view(request).content.decode())
+"""
+
+
+def test_refusals_are_exposed_at_zero_before_the_first(tmp_path, redis_server):
+    """A scrape of a host where nothing was ever refused (a new metrics directory and process)."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "REDIS_URL": redis_server.url,
+           "CELERY_BROKER_URL": redis_server.url, "DATABASE_URL": database_url_for_subprocess()}
+    result = subprocess.run([sys.executable, "-c", SCRAPE_IN_A_NEW_PROCESS], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    samples = parse(result.stdout)
+    for reason in ("queue_full", "broker_down"):
+        assert samples[("jobs_refused_total", (("reason", reason),))] == 0

@@ -43,6 +43,7 @@ TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 SUBMITTED = Counter("jobs_submitted", "Jobs recorded by a submission (API, form, schedule, client).",
                     ["kind", "queue"])
 REFUSED = Counter("jobs_refused", "Submissions refused by back pressure, by reason.", ["reason"])
+REFUSAL_REASONS = ("queue_full", "broker_down")
 FINISHED = Counter("jobs_finished", "Jobs that reached a final status.", ["kind", "queue", "status"])
 RETRIED = Counter("jobs_retried", "Failed runs that were scheduled to run again.", ["kind", "queue"])
 WAIT_SECONDS = Histogram("jobs_wait_seconds", "Time a job's message waited in its queue before a worker took it "
@@ -77,6 +78,12 @@ def observe(event: str, *, kind: str, queue: str, run_seconds: float | None = No
 
 def refused(reason: str) -> None:
     REFUSED.labels(reason).inc()
+
+
+def declare_refusals() -> None:
+    """Give every refusal reason its series at 0, so that a scrape shows jobs_refused_total before the first."""
+    for reason in REFUSAL_REASONS:
+        REFUSED.labels(reason)
 
 
 # --- The directory: folding exited processes, reading the sums --------------------------

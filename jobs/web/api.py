@@ -63,19 +63,49 @@ class TokenOrSession(AuthBase):
         return user
 
 
-# Answers any operation may give besides its own: declared on every operation of the schema.
+# Answers any operation may give besides its own: declared on every operation of the schema, each
+# body by reference to one shared schema, so that generated clients get one type per error.
 COMMON_ERRORS = {
-    "401": "No valid token: send `Authorization: Bearer <token>` (or log in to the dashboard).",
-    "422": "Invalid input: `detail` names each bad field (`loc`) and what is wrong with it.",
-    "503": "The database or the message broker is not answering: try again after `Retry-After` seconds.",
+    "401": ("No valid token: send `Authorization: Bearer <token>` (or log in to the dashboard).", "ErrorOut"),
+    "422": ("Invalid input: `detail` names each bad field (`loc`) and what is wrong with it.", "ValidationErrorOut"),
+    "503": ("The queue is full (`queue_full`), or the broker or the database is not answering: try again after "
+            "`Retry-After` seconds.", None),
 }
 BODY_ERRORS = {
-    "400": "The body is not JSON (NaN and Infinity are not JSON either).",
-    "403": "Logged in with a session but without the CSRF token (tokens need none).",
-    "413": "The body is over JOBS_MAX_BODY_BYTES.",
+    "400": ("The body is not JSON (NaN and Infinity are not JSON either).", "ErrorOut"),
+    "403": ("Logged in with a session but without the CSRF token (tokens need none).", "ErrorOut"),
+    "413": ("The body is over JOBS_MAX_BODY_BYTES.", "ErrorOut"),
 }
-ERROR_SCHEMA = {"type": "object", "properties": {"detail": {"title": "Detail"}}, "required": ["detail"],
-                "title": "ErrorOut"}
+SHARED_SCHEMAS = {
+    "ValidationErrorOut": {
+        "type": "object", "title": "ValidationErrorOut", "required": ["error", "detail"],
+        "properties": {
+            "error": {"type": "string", "enum": ["validation_error"]},
+            "detail": {"type": "array", "items": {
+                "type": "object", "required": ["loc", "msg"],
+                "properties": {"loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                               "msg": {"type": "string"}, "type": {"type": "string"}}}},
+        },
+    },
+    "QueueFullOut": {
+        "type": "object", "title": "QueueFullOut", "required": ["error", "queue", "depth", "limit", "retry_after"],
+        "properties": {"error": {"type": "string", "enum": ["queue_full"]}, "queue": {"type": "string"},
+                       "depth": {"type": "integer"}, "limit": {"type": "integer"},
+                       "retry_after": {"type": "integer", "description": "Seconds, as in the Retry-After header."}},
+    },
+    "UnavailableOut": {
+        "type": "object", "title": "UnavailableOut", "required": ["error", "detail", "retry_after"],
+        "properties": {"error": {"type": "string", "enum": ["broker_unavailable", "database_unavailable"]},
+                       "detail": {"type": "string"},
+                       "retry_after": {"type": "integer", "description": "Seconds, as in the Retry-After header."}},
+    },
+}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.",
+                               "schema": {"type": "integer", "minimum": 1}}}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
 
 
 class JobsAPI(NinjaAPI):
@@ -83,13 +113,21 @@ class JobsAPI(NinjaAPI):
 
     def get_openapi_schema(self, *args, **kwargs):
         schema = super().get_openapi_schema(*args, **kwargs)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(SHARED_SCHEMAS)
+        components.setdefault("ErrorOut", {"type": "object", "title": "ErrorOut", "required": ["detail"],
+                                           "properties": {"detail": {"title": "Detail"}}})
         for item in schema["paths"].values():
             for method, operation in item.items():
                 errors = {**COMMON_ERRORS, **(BODY_ERRORS if method in ("post", "put", "patch") else {})}
                 responses = operation.setdefault("responses", {})
-                for code, description in errors.items():
-                    responses.setdefault(code, {"description": description,
-                                                "content": {"application/json": {"schema": ERROR_SCHEMA}}})
+                for code, (description, name) in errors.items():
+                    if code == "503":
+                        responses[code] = {"description": description, "headers": RETRY_AFTER, "content": {
+                            "application/json": {"schema": {"oneOf": [_ref("QueueFullOut"), _ref("UnavailableOut")]}}}}
+                    else:
+                        responses.setdefault(code, {"description": description,
+                                                    "content": {"application/json": {"schema": _ref(name)}}})
         return schema
 
 
@@ -230,7 +268,7 @@ def _get_or_404(request, job_id: UUID) -> Job:
 router = Router(tags=["jobs"])
 
 
-@router.post("/jobs", response={200: JobOut, 202: JobOut, 409: ConflictOut, 422: ErrorOut, 503: ErrorOut},
+@router.post("/jobs", response={200: JobOut, 202: JobOut, 409: ConflictOut},
              summary="Submit a job")
 def submit_job(request, payload: JobIn):
     """Record a job and queue it (202), or run an inline kind now (200). The same idempotency key returns the same job (200)."""
@@ -315,12 +353,12 @@ class QueuesOut(Schema):
     submissions: dict[str, int]
 
 
-@router.get("/queue", response={200: QueuesOut, 503: ErrorOut}, tags=["queue"], summary="Queue depth and the gate")
+@router.get("/queue", response=QueuesOut, tags=["queue"], summary="Queue depth and the gate")
 def queue_state(request):
     overview = selectors.queue_overview(max_age=0, workers=False)
     snap = overview.snapshot
     if snap is None:
-        return Status(503, {"detail": f"the message broker is not answering: {overview.broker_error}"})
+        raise services.BrokerUnavailable(overview.broker_error)
     return {
         "accepting": snap.accepting,
         "total_depth": snap.total_depth,

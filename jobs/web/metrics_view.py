@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 
 from .. import selectors, services
+from ..infra import metrics
 from ..infra.metrics import HostFilesCollector
 
 
@@ -64,6 +65,7 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return response
     if user is False:
         return JsonResponse({"detail": "metrics are for staff only"}, status=403)
+    metrics.declare_refusals()  # in this process's file, so that the series exist before any refusal
     registry = CollectorRegistry(auto_describe=False)
     registry.register(HostFilesCollector())
     registry.register(QueuesCollector())

@@ -37,6 +37,25 @@ class BodySizeLimitMiddleware:
         return self.get_response(request)
 
 
+class ApiJsonErrorsMiddleware:
+    """The API answers in JSON only: a 405 (a method the path does not take) gets a JSON body naming
+    the methods it does take, as every other API error does; its Allow header stays."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if response.status_code == 405 and _is_api(request):
+            allowed = response.get("Allow", "")
+            json_response = JsonResponse({"error": "method_not_allowed",
+                                          "detail": f"{request.method} is not allowed here; allowed: {allowed}"},
+                                         status=405)
+            json_response["Allow"] = allowed
+            return json_response
+        return response
+
+
 # --- Back pressure -------------------------------------------------------------------
 
 
@@ -52,7 +71,7 @@ def refusal_response(request, exc: QueueFull | BrokerUnavailable) -> HttpRespons
     """503 with Retry-After: JSON for the API, a page with the user's menu for the browser."""
     body = refusal_body(exc)
     if isinstance(exc, BrokerUnavailable):
-        logger.warning("submission refused: broker unavailable (%s)", exc)
+        logger.warning("refused: broker unavailable path=%s (%s)", request.path_info, exc)
     if _is_api(request):
         response = JsonResponse(body, status=503)
     else:
