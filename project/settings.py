@@ -28,6 +28,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    # django-ninja as an app: /api/docs then serves the Swagger UI files the package ships, not a CDN's.
+    "ninja",
     "django_celery_results",
     "django_celery_beat",
     "jobs",

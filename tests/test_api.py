@@ -259,3 +259,9 @@ def test_every_error_is_declared_by_reference_and_503_with_its_bodies_and_retry_
             assert "Retry-After" in unavailable["headers"], (path, method)
             assert {o["$ref"].rsplit("/", 1)[1] for o in unavailable["content"]["application/json"]["schema"]["oneOf"]} \
                 == {"QueueFullOut", "UnavailableOut"}
+
+
+def test_the_docs_page_loads_its_assets_from_this_site(client):
+    page = client.get("/api/docs").content.decode()
+    assert "cdn." not in page and "jsdelivr" not in page
+    assert "/static/ninja/swagger-ui-bundle.js" in page

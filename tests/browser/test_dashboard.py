@@ -321,3 +321,23 @@ def test_staff_see_every_job_with_its_owner_and_the_admin_links(page, user, othe
     page.get_by_label("Kind").select_option("")
     expect(rows).to_have_count(3)
     screenshot(page, "16-job-list-staff")
+
+
+def test_the_api_docs_render_their_operations_with_no_other_host_reachable(page, live_server):
+    from urllib.parse import urlsplit
+
+    asked_elsewhere = []
+
+    def loopback_only(route):
+        host = urlsplit(route.request.url).hostname
+        if host in ("127.0.0.1", "localhost", "::1"):
+            route.continue_()
+        else:
+            asked_elsewhere.append(route.request.url)
+            route.abort()
+
+    page.context.route("**/*", loopback_only)
+    page.goto("/api/docs")
+    expect(page.get_by_text("Submit a job").first).to_be_visible()
+    expect(page.get_by_text("Cancel a job").first).to_be_visible()
+    assert asked_elsewhere == []
