@@ -179,7 +179,7 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    engines, skipped = common.engines()
+    engines, skipped = common.engines_to_measure()
     results, setups = {}, {}
     for engine in engines:
         db = common.Database(engine, NAME)

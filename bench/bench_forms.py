@@ -179,22 +179,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(args)
-    engines, skipped = common.engines()
-    results, setups = {}, {}
-    for engine in engines:
-        redis = common.RedisServer(NAME)
-        db = common.Database(engine, NAME)
-        try:
-            env = common.platform_env(database_url=db.url, redis_url=redis.url)
-            db.migrate(env)
-            setups[engine] = {"database": db.version(), "redis": f"Redis {redis.version()} on loopback, no persistence"}
-            print(f"{engine}: {args.blocks} blocks x {args.per_block} operations of each form", flush=True)
-            results[engine] = common.run_child("bench.bench_forms", env=env, timeout=1800,
-                                               args=["--engine", engine, "--blocks", str(args.blocks),
-                                                     "--per-block", str(args.per_block)])
-        finally:
-            redis.stop()
-            db.drop()
+    results, setups, skipped = common.each_engine(
+        NAME, "bench.bench_forms", announce=f"{args.blocks} blocks x {args.per_block} operations of each form",
+        child_args=lambda engine: ["--engine", engine, "--blocks", str(args.blocks), "--per-block", str(args.per_block)])
     what = {"insert": "Job insert at submit (ORM save vs prepared INSERT)",
             "claim": "claim (ORM UPDATE + SELECT vs UPDATE ... RETURNING)",
             "finish": "finish (ORM UPDATE + store_result vs prepared UPDATE + upsert)",

@@ -93,7 +93,7 @@ def main() -> None:
                         help="seconds of hashing per step")
     args = parser.parse_args()
     work = f"{KIND}(steps={args.steps}, step_seconds={args.step_seconds})"
-    engines, skipped = common.engines()
+    engines, skipped = common.engines_to_measure()
     results = {}
     for engine in engines:
         print(f"{engine}: {args.requests} requests each way, {work}", flush=True)

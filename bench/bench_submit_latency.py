@@ -85,7 +85,7 @@ def main() -> None:
     if common.wrk_path() is None or common.hey_path() is None:
         sys.exit("wrk and hey are needed (Debian: apt-get install -y wrk hey); `make bench` installs them")
 
-    engines, skipped = common.engines()
+    engines, skipped = common.engines_to_measure()
     results = {}
     for engine in engines:
         print(f"{engine}: wrk {args.seconds:.0f} s per run", flush=True)

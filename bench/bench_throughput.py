@@ -111,23 +111,12 @@ def main() -> None:
     if args.child:
         return child(args)
 
-    engines, skipped = common.engines()
+    runs, setups, skipped = common.each_engine(
+        NAME, "bench.bench_throughput", announce=f"{args.repeat} x {args.n} jobs each way",
+        child_args=lambda engine: ["--engine", engine, "-n", str(args.n), "--repeat", str(args.repeat),
+                                   "--warmup", str(args.warmup)])
     results = {}
-    setups = {}
-    for engine in engines:
-        redis = common.RedisServer(NAME)
-        db = common.Database(engine, NAME)
-        try:
-            env = common.platform_env(database_url=db.url, redis_url=redis.url)
-            db.migrate(env)
-            setups[engine] = {"database": db.version(), "redis": f"Redis {redis.version()} on loopback, no persistence"}
-            print(f"{engine}: {args.repeat} x {args.n} jobs each way", flush=True)
-            data = common.run_child("bench.bench_throughput", env=env, timeout=1800,
-                                    args=["--engine", engine, "-n", str(args.n), "--repeat", str(args.repeat),
-                                          "--warmup", str(args.warmup)])
-        finally:
-            redis.stop()
-            db.drop()
+    for engine, data in runs.items():
         platform_rate = common.median([r["rate"] for r in data["runs"]["platform"]])
         bare_rate = common.median([r["rate"] for r in data["runs"]["bare"]])
         results[engine] = {

@@ -178,7 +178,7 @@ class Database:
             conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
-def engines() -> tuple[list[str], dict[str, str]]:
+def engines_to_measure() -> tuple[list[str], dict[str, str]]:
     """The database engines to measure, and why any was skipped (BENCH_DATABASES=sqlite,postgres)."""
     wanted = [e.strip() for e in os.environ.get("BENCH_DATABASES", "sqlite,postgres").split(",") if e.strip()]
     skipped = {}
@@ -188,6 +188,28 @@ def engines() -> tuple[list[str], dict[str, str]]:
             wanted.remove("postgres")
             skipped["postgres"] = f"PostgreSQL not reachable at BENCH_POSTGRES_URL ({why})"
     return wanted, skipped
+
+
+def each_engine(name: str, module: str, *, child_args, announce: str, timeout: float = 1800) -> tuple[dict, dict, list]:
+    """Run `python -m module --child` once per database engine, each with a fresh Redis and database.
+
+    `child_args(engine)` gives the child's arguments; returns (data per engine, setup per engine, skipped).
+    """
+    engines, skipped = engines_to_measure()
+    results, setups = {}, {}
+    for engine in engines:
+        redis = RedisServer(name)
+        db = Database(engine, name)
+        try:
+            env = platform_env(database_url=db.url, redis_url=redis.url)
+            db.migrate(env)
+            setups[engine] = {"database": db.version(), "redis": f"Redis {redis.version()} on loopback, no persistence"}
+            print(f"{engine}: {announce}", flush=True)
+            results[engine] = run_child(module, env=env, timeout=timeout, args=child_args(engine))
+        finally:
+            redis.stop()
+            db.drop()
+    return results, setups, skipped
 
 
 def tear_down(*processes: Process | None, redis: RedisServer, db: Database) -> None:
