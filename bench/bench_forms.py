@@ -196,7 +196,7 @@ def main() -> None:
         "ok": r["special"] <= 0.9 * r["plain"],
     } for engine, rows in results.items() for name, r in rows.items()]
     common.write_result(NAME, {
-        "title": "Special forms against their plain ones",
+        "title": "Complexity that pays",
         "command": common.command_line(),
         "setup": {"machine": common.machine(), "blocks": args.blocks, "per_block": args.per_block,
                   "databases": setups, "skipped": skipped},
