@@ -1,5 +1,6 @@
 """The platform's tables: jobs, their failed attempts, API tokens and statistics rollups."""
 import uuid
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
@@ -16,17 +17,22 @@ class JobQuerySet(models.QuerySet):
         return self.filter(status__in=Job.Status.finished())
 
     def due(self, now=None):
-        """Queued jobs whose run_at has come and that were never published."""
+        """Jobs waiting for a message: queued ones whose run_at has come, and retrying ones whose run was lost."""
         now = now or timezone.now()
-        return self.filter(status=Job.Status.QUEUED, published_at__isnull=True, run_at__lte=now)
+        return self.filter(published_at__isnull=True).filter(
+            Q(status=Job.Status.QUEUED, run_at__lte=now) | Q(status=Job.Status.RETRYING, next_attempt_at__lte=now))
 
     def stale_queued(self, older_than):
         """Jobs published before `older_than` that no worker has claimed yet."""
         return self.filter(status__in=[Job.Status.QUEUED, Job.Status.RETRYING], published_at__lt=older_than)
 
     def running_past_lease(self, now=None):
-        """Running jobs whose worker should have finished or been killed by now."""
+        """Running jobs whose worker stopped renewing their lease: it died, or lost the database."""
         return self.filter(status=Job.Status.RUNNING, lease_expires_at__lt=now or timezone.now())
+
+    def run_by(self, worker: str, job_ids):
+        """Of `job_ids`, the running jobs that `worker` claimed."""
+        return self.filter(pk__in=list(job_ids), status=Job.Status.RUNNING, worker=worker)
 
 
 class Job(models.Model):
@@ -73,7 +79,8 @@ class Job(models.Model):
     )
     worker = models.CharField(max_length=200, blank=True, default="")
     lease_expires_at = models.DateTimeField(
-        null=True, blank=True, help_text="When a running job's worker must be presumed dead (its hard time limit)."
+        null=True, blank=True,
+        help_text="A running job's lease, renewed by its worker's heartbeat: once past, its worker is presumed dead.",
     )
 
     progress_done = models.PositiveBigIntegerField(default=0)
@@ -167,6 +174,38 @@ class JobError(models.Model):
 
     def __str__(self):
         return f"{self.job_id} attempt {self.attempt}: {self.error[:60]}"
+
+
+class WorkerQuerySet(models.QuerySet):
+    def alive(self, now=None, *, within: float):
+        """Workers that have not stopped and sent a heartbeat within the last `within` seconds."""
+        since = (now or timezone.now()) - timedelta(seconds=within)
+        return self.filter(stopped_at__isnull=True, last_seen_at__gte=since)
+
+
+class Worker(models.Model):
+    """A Celery worker as its heartbeats describe it: what it consumes, runs and holds, and when it was last heard."""
+
+    name = models.CharField(max_length=200, unique=True, help_text="Celery's node name, e.g. celery@host.")
+    pid = models.PositiveIntegerField(default=0, help_text="Its main process.")
+    queues = models.JSONField(default=list, blank=True)
+    concurrency = models.PositiveIntegerField(default=0)
+    running = models.PositiveIntegerField(default=0, help_text="Tasks running at the last heartbeat.")
+    holding = models.JSONField(
+        default=list, blank=True,
+        help_text="Ids of the task messages it held at the last heartbeat (running, waiting for a slot or a countdown).",
+    )
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    stopped_at = models.DateTimeField(null=True, blank=True, help_text="Set when it shut down cleanly.")
+
+    objects = WorkerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
 
 
 class ApiToken(models.Model):

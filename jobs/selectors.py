@@ -5,6 +5,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
 
+from django.conf import settings
 from django.db import connection
 from django.db.models import F, Q, QuerySet, Value
 from django.db.models.functions import Concat
@@ -13,8 +14,7 @@ from django_celery_results.models import TaskResult
 
 from .aggregation import WATERMARK, Summary
 from .infra import broker, counters
-from .infra.broker import WorkerInfo
-from .models import ApiToken, Job, JobError, JobHourRollup, JobMinuteRollup, RollupWatermark
+from .models import ApiToken, Job, JobError, JobHourRollup, JobMinuteRollup, RollupWatermark, Worker
 from .services import admission
 from .services.admission import Snapshot
 
@@ -186,25 +186,28 @@ class QueueOverview:
 
     snapshot: Snapshot | None  # None when the broker does not answer
     broker_error: str
-    workers: list[WorkerInfo] | None  # None when the broker does not answer
+    workers: list[Worker]  # online: their heartbeat is recent
 
     def workers_per_queue(self) -> dict[str, int]:
         per_queue: dict[str, int] = {}
-        for worker in self.workers or []:
+        for worker in self.workers:
             for queue in worker.queues:
                 per_queue[queue] = per_queue.get(queue, 0) + 1
         return per_queue
 
 
+def workers_online() -> list[Worker]:
+    """Workers whose heartbeat came within the lease: the registry, not a broadcast (one indexed read)."""
+    return list(Worker.objects.alive(within=settings.JOBS_LEASE_SECONDS).order_by("name"))
+
+
 def queue_overview(*, max_age: float | None = None, workers: bool = True) -> QueueOverview:
-    """Depths, limits and gates of every queue, and the workers online (cached a few seconds)."""
+    """Depths, limits and gates of every queue, and the workers online."""
     try:
         snap, error = admission.queue_snapshot(max_age=max_age), ""
     except admission.BrokerUnavailable as exc:
         snap, error = None, str(exc)
-    # Without a broker no worker can answer, and the broadcast would wait on reconnects.
-    online = broker.workers_online() if workers and snap is not None else None
-    return QueueOverview(snap, error, online)
+    return QueueOverview(snap, error, workers_online() if workers else [])
 
 
 def submission_counts() -> dict[str, int]:

@@ -1,18 +1,26 @@
-"""Celery's side of the platform: a task per job kind, and the housekeeping tasks. Each loads by id and calls
-one service."""
+"""Celery's side of the platform: a task per job kind, the housekeeping tasks, and the worker's heartbeat. Each
+loads by id and calls one service."""
 from __future__ import annotations
 
+import logging
+import os
+import threading
 import time
 
 from billiard.exceptions import WorkerLostError
 from celery import Task, current_app, shared_task
-from celery.signals import task_postrun, task_prerun
+from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutdown
+from celery.worker import state as worker_state
 from celery.worker.request import Request
-from django.db import close_old_connections
+from django.conf import settings
+from django.db import close_old_connections, connection
 
 from . import aggregation, services
+from .infra import metrics
 from .infra.metrics import PUBLISHED_AT_HEADER
 from .registry import JobKind, all_kinds
+
+logger = logging.getLogger(__name__)
 
 # Housekeeping task names. They name rows of django-celery-beat's PeriodicTask table that existing
 # installations hold, so they keep the module path they were first published under.
@@ -32,23 +40,52 @@ def _recycle_db_connections(sender=None, **kwargs) -> None:
         close_old_connections()
 
 
+def _in_worker(what: str, record) -> None:
+    """Record what Celery did to a run, from the worker's main process: a failure is logged, never raised
+    into Celery (the job's lease then lapses and it is taken back)."""
+    try:
+        record()
+    except Exception:  # noqa: BLE001 - the database may be down; the lease covers it
+        logger.exception("could not record %s", what)
+
+
 class JobRequest(Request):
-    """Records on the Job what happens to a run outside its own process: killed, or over its hard limit."""
+    """Records on the Job, at once, whatever ends a run outside its own code: its hard limit, its process lost,
+    a revoke, a cancel on a lost broker connection or a cold shutdown."""
 
     def on_timeout(self, soft, timeout):
         super().on_timeout(soft, timeout)
         if not soft:
-            services.job_run_failed(job_id=self.id, token=None, retryable=False,
-                                    error=f"timed out after {timeout}s (hard time limit); its process was killed")
+            _in_worker("a hard time limit", lambda: services.job_run_failed(
+                job_id=self.id, token=None, retryable=False,
+                error=f"timed out after {timeout}s (hard time limit); its process was killed"))
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
         # The pool hands over the error wrapped with its traceback.
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         if isinstance(exc, WorkerLostError):
-            # With attempts left the job becomes `retrying` and the requeued message claims it;
-            # without, it ends `failed` and the requeued message is dropped at claim.
-            services.job_run_failed(job_id=self.id, token=None, retryable=True, error=f"worker process lost: {exc}")
+            # Retried at once with attempts left (a job that kills its process every time uses them up).
+            _in_worker("a lost process", lambda: services.job_run_lost(
+                job_id=self.id, worker=self.hostname, error=f"worker process lost: {exc}"))
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def cancel(self, pool, signal=None, emit_retry=True):
+        """Celery stops the run: its broker connection was lost, or a cold shutdown. The run is handed back."""
+        running = bool(self.time_start)
+        super().cancel(pool, signal=signal, emit_retry=emit_retry)
+        if running:
+            _in_worker("a cancelled run", lambda: services.job_run_lost(
+                job_id=self.id, worker=self.hostname, handed_back=True,
+                error="interrupted: its worker stopped it (broker connection lost, or shutdown)"))
+
+    def terminate(self, pool, signal=None):
+        """A revoke with terminate (Flower, `celery control revoke`); the platform's own cancel has already
+        recorded the job as cancelled, and this then finds no run to end."""
+        running = bool(self.time_start)
+        super().terminate(pool, signal=signal)
+        if running:
+            _in_worker("a revoked run", lambda: services.job_run_failed(
+                job_id=self.id, token=None, retryable=False, error="revoked: its run was terminated"))
 
 
 class JobTask(Task):
@@ -102,6 +139,7 @@ def register_kind_tasks() -> None:
 @shared_task(name=PUBLISH_DUE_TASK, ignore_result=True)
 def publish_due_jobs() -> int:
     """Publish jobs whose run_at has come (scheduled runs live in the database, not as ETA messages)."""
+    metrics.housekeeping_ran("publish_due")
     return services.jobs_publish_due()
 
 
@@ -117,14 +155,92 @@ def submit_scheduled_job(self, kind: str, params: dict | None = None, owner: str
 
 @shared_task(name=AGGREGATE_TASK, ignore_result=True)
 def aggregate_job_stats() -> int:
+    metrics.housekeeping_ran("aggregate")
     return aggregation.aggregate_jobs().jobs
 
 
 @shared_task(name=RECOVER_TASK, ignore_result=True)
 def recover_lost_jobs() -> dict[str, int]:
+    metrics.housekeeping_ran("recover")
     return services.recover_jobs()
 
 
 @shared_task(name=RETENTION_TASK, ignore_result=True)
 def apply_retention() -> int:
+    metrics.housekeeping_ran("retention")
     return services.delete_expired()
+
+
+# --- The worker's heartbeat ------------------------------------------------------------
+
+
+class Heartbeat:
+    """Every JOBS_HEARTBEAT_SECONDS, from the worker's main process: renew the leases of the jobs it runs, say what
+    it holds, take back the jobs of workers that stopped beating, and publish what waits for a message.
+
+    A thread of its own, not the event loop's timer: a solo or threads pool runs jobs in the main
+    process, where a long run would hold the timer (and the leases) back, and a slow database must
+    not stall the loop that takes messages. It beats for the whole process, so the leases of the
+    jobs a warm shutdown lets finish are kept until they are done.
+    """
+
+    def __init__(self, consumer):
+        self.name = consumer.hostname
+        self.pid = os.getpid()
+        self.app = consumer.app
+        self.concurrency = getattr(consumer.controller, "concurrency", 0) or 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jobs-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=settings.JOBS_HEARTBEAT_SECONDS + 5)
+        _in_worker("the worker's stop", lambda: services.worker_stopped(name=self.name, pid=self.pid))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            close_old_connections()
+            _in_worker("a heartbeat", self.beat)
+            self._stop.wait(settings.JOBS_HEARTBEAT_SECONDS)
+        connection.close()
+
+    def beat(self) -> None:
+        running, held = self._requests()
+        services.worker_beat(name=self.name, pid=self.pid, queues=list(self.app.amqp.queues.consume_from),
+                             concurrency=self.concurrency, running_ids=running, held_ids=held)
+
+    @staticmethod
+    def _requests() -> tuple[list[str], list[str]]:
+        """Ids of the job messages this worker runs, and of all it holds (running, reserved, waiting a countdown)."""
+        for _ in range(5):
+            try:  # the event loop changes these sets as we read them
+                active = [r.id for r in tuple(worker_state.active_requests) if isinstance(r.task, JobTask)]
+                waiting = [r.id for r in (*tuple(worker_state.reserved_requests),
+                                          *tuple(worker_state.scheduled_requests)) if isinstance(r.task, JobTask)]
+                return active, sorted(set(active) | set(waiting))
+            except RuntimeError:
+                continue
+        return [], []
+
+
+_heartbeat: Heartbeat | None = None
+
+
+@worker_ready.connect
+def _start_heartbeat(sender=None, **kwargs) -> None:
+    global _heartbeat
+    if _heartbeat is None:  # worker_ready comes again after each reconnection to the broker
+        _heartbeat = Heartbeat(sender)
+        _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(sender=None, **kwargs) -> None:
+    global _heartbeat
+    if _heartbeat is not None:
+        _heartbeat.stop()
+        _heartbeat = None

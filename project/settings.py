@@ -169,7 +169,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # processes start before Redis is up under honcho
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # a worker waits out a broker outage instead of exiting
-CELERY_RESULT_BACKEND = "django-db"
+# django-celery-results' database backend, except that it leaves the rows of platform jobs to the
+# services: nothing Celery writes (RETRY, REVOKED, a cancel's FAILURE) replaces a job's result.
+CELERY_RESULT_BACKEND = "jobs.infra.results:LedgerResultBackend"
 CELERY_RESULT_EXTENDED = True  # store task name, args and worker with each result
 CELERY_TASK_TRACK_STARTED = True  # tasks other than jobs show STARTED (jobs record `running` on the Job)
 CELERY_TASK_ACKS_LATE = True  # acknowledge after the task ran: a worker killed mid-job loses nothing
@@ -188,6 +190,11 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("JOBS_DEFAULT_SOFT_TIME_LIMIT", default=300)  # a task may clean up
 CELERY_TASK_TIME_LIMIT = env.int("JOBS_DEFAULT_TIME_LIMIT", default=360)  # then its process is killed
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Housekeeping (publish-due, recovery, statistics, retention) goes to a queue of its own, consumed by a
+# worker of its own under `make run`: it never counts toward users' depth and never waits behind jobs.
+JOBS_PLATFORM_QUEUE = "platform"
+CELERY_TASK_ROUTES = {"jobs.periodic.*": {"queue": JOBS_PLATFORM_QUEUE}, "celery.backend_cleanup": {
+    "queue": JOBS_PLATFORM_QUEUE}}
 CELERY_TASK_DEFAULT_PRIORITY = 5  # the middle of 0-9, so that jobs can go above or below
 CELERY_WORKER_SEND_TASK_EVENTS = True  # Flower shows tasks live
 # Celery's default, off: the task-sent event is a second message on every publish, 30-40% of a
@@ -218,6 +225,13 @@ JOBS_MAX_BODY_BYTES = env.int("JOBS_MAX_BODY_BYTES", default=256 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = JOBS_MAX_BODY_BYTES
 # A queued job whose message is not in the broker this long after publishing is published again.
 JOBS_RECOVERY_AFTER_SECONDS = env.int("JOBS_RECOVERY_AFTER_SECONDS", default=60)
+# A running job's lease: its worker renews it every JOBS_HEARTBEAT_SECONDS while the run lives, and a
+# job whose lease lapsed (its worker died) is taken back and published again at once. So a worker's
+# death costs its jobs at most the lease plus one heartbeat, whatever their time limits.
+JOBS_LEASE_SECONDS = env.int("JOBS_LEASE_SECONDS", default=20)
+JOBS_HEARTBEAT_SECONDS = env.float("JOBS_HEARTBEAT_SECONDS", default=5.0)
+# What `make run` gives running jobs on Ctrl-C before it stops them and hands them back.
+JOBS_SHUTDOWN_GRACE = env.int("JOBS_SHUTDOWN_GRACE", default=10)
 # How long a worker keeps trying to claim or finish a job while the database is down (a restart
 # or failover), before leaving it to recovery. Counts against the kind's time limit.
 JOBS_DB_RETRY_SECONDS = env.int("JOBS_DB_RETRY_SECONDS", default=60)
@@ -248,8 +262,13 @@ LOGGING = {
         "json": {"()": "jobs.infra.events.JsonFormatter"},
     },
     # A full queue is the gate at work, not a server error: see jobs.web.log_filters.NoRefusalLogs.
-    "filters": {"no_refusals": {"()": "jobs.web.log_filters.NoRefusalLogs"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": JOBS_LOG_FORMAT}},
+    "filters": {
+        "no_refusals": {"()": "jobs.web.log_filters.NoRefusalLogs"},
+        # Not a line per publish-due tick (every 2 s): jobs_housekeeping_runs_total counts them.
+        "quiet_ticks": {"()": "jobs.infra.events.QuietTicks", "tasks": ["jobs.periodic.publish_due_jobs"]},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": JOBS_LOG_FORMAT,
+                             "filters": ["quiet_ticks"]}},
     "root": {"handlers": ["console"], "level": env("DJANGO_LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}, "django.request": {"filters": ["no_refusals"]}},
 }

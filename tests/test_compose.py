@@ -6,7 +6,7 @@ import yaml
 
 from tests.support import BASE_DIR
 
-APP_SERVICES = ("web", "worker", "beat", "flower")
+APP_SERVICES = ("web", "worker", "housekeeping", "beat", "flower")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from jobs import services
-from jobs.infra import broker, metrics
+from jobs.infra import metrics
 from jobs.infra.events import JsonFormatter, emit
 from jobs.models import Job
 from tests.support import database_url_for_subprocess, free_port, wait_for
@@ -181,19 +181,21 @@ def test_worker_processes_count_finished_jobs_and_their_wait_and_run_times(staff
     assert grew("jobs_wait_seconds_count", kind="steps", queue="default") == 1
 
 
-def test_workers_online_and_the_queues_they_consume(staff_client, worker_factory, monkeypatch):
-    worker_factory(queues="cpu,io")
-    monkeypatch.setattr(broker, "WORKERS_CACHE_SECONDS", 0)  # each scrape pings again
+def test_workers_online_come_from_their_heartbeats_and_go_when_they_stop(staff_client, worker_factory):
+    worker = worker_factory(queues="cpu,io")
 
-    def answered():
+    def online(n):
         samples = scrape(staff_client)
-        return samples if value(samples, "jobs_workers_online") >= 1 else None
+        return samples if value(samples, "jobs_workers_online") == n else None
 
-    samples = wait_for(answered, timeout=30, interval=0.5, message="the worker to answer the ping")
-    assert value(samples, "jobs_workers_online") == 1
+    samples = wait_for(lambda: online(1), timeout=30, interval=0.5, message="the worker's first heartbeat")
     assert value(samples, "jobs_queue_workers", queue="cpu") == 1
     assert value(samples, "jobs_queue_workers", queue="io") == 1
     assert value(samples, "jobs_queue_workers", queue="default") == 0
+    assert value(samples, "jobs_worker_running", worker=worker.hostname) == 0
+
+    worker.stop()
+    wait_for(lambda: online(0), timeout=30, interval=0.5, message="the stopped worker to leave the registry")
 
 
 def test_cancelled_jobs_are_counted_as_finished(staff_client, user):
@@ -219,7 +221,7 @@ def test_gunicorn_processes_add_up_and_a_worker_host_serves_its_own(redis_server
            "DATABASE_URL": database_url_for_subprocess(), "WEB_PORT": str(port), "WEB_CONCURRENCY": "2",
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(LOG_DIR / f"gunicorn-{port}.log", "ab")
-    server = subprocess.Popen(["sh", "-c", "exec " + procfile["web"]], cwd=BASE_DIR, env=env, stdout=log,
+    server = subprocess.Popen(["sh", "-c", procfile["web"]], cwd=BASE_DIR, env=env, stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)
     headers = {"Authorization": f"Bearer {token}"}
     base = f"http://127.0.0.1:{port}"

@@ -1,11 +1,8 @@
-"""The message broker through Celery and kombu: publish by task name, revoke, queue depths, held messages,
-workers online, and the result backend's encoding."""
+"""The message broker through Celery and kombu: publish by task name, revoke, queue depths, waiting messages,
+and the result backend's encoding."""
 from __future__ import annotations
 
 import json
-import threading
-import time
-from dataclasses import dataclass
 
 from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded  # noqa: F401 - raised in a run at its soft limit; runs catch it
@@ -79,8 +76,8 @@ def amqp_depths(queues: list[str]) -> dict[str, int]:
     return depths
 
 
-def held_message_ids(queues: list[str]) -> set[str] | None:
-    """Ids of the task messages the broker holds (ready, or delivered and unacknowledged).
+def ready_message_ids(queues: list[str]) -> set[str] | None:
+    """Ids of the task messages waiting in `queues` (not those delivered to a worker and unacknowledged).
 
     None when the broker cannot be read this way (RabbitMQ): the caller must then assume a
     message may be missing.
@@ -91,14 +88,7 @@ def held_message_ids(queues: list[str]) -> set[str] | None:
     for q in queues:
         for name in broker_list_names(q):
             pipe.lrange(name, 0, -1)
-    pipe.hvals("unacked")
-    replies = pipe.execute()
-    ids = {_message_id(raw) for reply in replies[:-1] for raw in reply}
-    for raw in replies[-1]:
-        try:
-            ids.add(_message_id(json.dumps(json.loads(raw)[0])))
-        except (ValueError, IndexError, TypeError):
-            continue
+    ids = {_message_id(raw) for reply in pipe.execute() for raw in reply}
     ids.discard(None)
     return ids
 
@@ -108,39 +98,6 @@ def _message_id(raw) -> str | None:
         return json.loads(raw).get("headers", {}).get("id")
     except (ValueError, AttributeError):
         return None
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    name: str
-    queues: list[str]
-
-
-WORKERS_CACHE_SECONDS = 5.0
-_workers_lock = threading.Lock()
-_workers_cache: dict = {"at": float("-inf"), "value": None}
-
-
-def workers_online(*, max_age: float | None = None, timeout: float = 0.5) -> list[WorkerInfo] | None:
-    """Workers answering a broadcast, with the queues they consume; None when the broker does not answer.
-
-    A broadcast waits its whole timeout for replies, so one answer is shared by every caller in
-    this process for `max_age` seconds (WORKERS_CACHE_SECONDS).
-    """
-    max_age = WORKERS_CACHE_SECONDS if max_age is None else max_age
-    with _workers_lock:
-        if time.monotonic() - _workers_cache["at"] < max_age:
-            return _workers_cache["value"]
-        try:
-            # A connection of its own, closed after: a pooled one is stale after a broker restart.
-            with current_app.connection_for_write() as connection:
-                replies = current_app.control.inspect(timeout=timeout, connection=connection).active_queues() or {}
-            value = sorted((WorkerInfo(name, sorted(q["name"] for q in queues)) for name, queues in replies.items()),
-                           key=lambda w: w.name)
-        except Exception:  # noqa: BLE001 - any broker failure means no worker can be known to be online
-            value = None
-        _workers_cache.update(at=time.monotonic(), value=value)
-        return value
 
 
 def encode_result(value) -> tuple[str, str, str]:

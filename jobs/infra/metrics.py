@@ -48,6 +48,8 @@ FINISHED = Counter("jobs_finished", "Jobs that reached a final status.", ["kind"
 RETRIED = Counter("jobs_retried", "Failed runs that were scheduled to run again.", ["kind", "queue"])
 WAIT_SECONDS = Histogram("jobs_wait_seconds", "Time a job's message waited in its queue before a worker took it "
                          "(first delivery of each publish).", ["kind", "queue"], buckets=TIME_BUCKETS)
+HOUSEKEEPING_RUNS = Counter("jobs_housekeeping_runs", "Housekeeping task runs (publish-due, recovery, statistics, "
+                            "retention), counted rather than logged one by one.", ["task"])
 RUN_SECONDS = Histogram("jobs_run_seconds", "Time from a run's claim to its end, by how it ended.",
                         ["kind", "queue", "outcome"], buckets=TIME_BUCKETS)
 
@@ -74,6 +76,10 @@ def observe(event: str, *, kind: str, queue: str, run_seconds: float | None = No
         RUN_SECONDS.labels(kind, queue, "cancelled" if event == "stopped" else event).observe(max(0.0, run_seconds))
     if wait_seconds is not None:
         WAIT_SECONDS.labels(kind, queue).observe(max(0.0, wait_seconds))
+
+
+def housekeeping_ran(task: str) -> None:
+    HOUSEKEEPING_RUNS.labels(task).inc()
 
 
 def refused(reason: str) -> None:

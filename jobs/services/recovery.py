@@ -1,4 +1,4 @@
-"""Housekeeping writes: republish jobs whose message was lost, release jobs whose worker is gone, retention."""
+"""Housekeeping writes: take back jobs whose worker is gone, republish jobs whose message was lost, retention."""
 from __future__ import annotations
 
 import logging
@@ -10,45 +10,37 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from ..infra import counters
-from ..infra.broker import held_message_ids
+from ..infra.broker import ready_message_ids
 from ..models import Job, JobMinuteRollup
-from .runs import job_run_failed
 from .submit import job_republish
+from .workers import held_by_live_workers, jobs_reclaim_lapsed
 
 logger = logging.getLogger(__name__)
 
 
 def recover_jobs(*, stale_after: float | None = None, now=None) -> dict[str, int]:
-    """Republish queued jobs whose message is gone; retry or fail running jobs whose worker is gone."""
+    """Take back running jobs whose worker is gone; republish waiting jobs that no message will wake.
+
+    A waiting job (queued or retrying, published more than `stale_after` seconds ago) still has
+    its message when the message is ready in its queue, or held by a worker whose heartbeat says
+    so. A message delivered to a worker that died sits in the broker's unacknowledged set until the
+    visibility timeout: it does not count, and the job gets a new one (the old, if it comes back,
+    is dropped at claim).
+    """
     now = now or timezone.now()
     stale_after = settings.JOBS_RECOVERY_AFTER_SECONDS if stale_after is None else stale_after
-    counts = {"republished": 0, "stuck_released": 0, "stuck_retried": 0, "stuck_failed": 0}
+    counts = {"republished": 0, **jobs_reclaim_lapsed(now=now)}
     stale = list(Job.objects.stale_queued(now - timedelta(seconds=stale_after)).order_by("published_at")[:5000])
     if stale:
-        present = held_message_ids(sorted({j.queue for j in stale}))
+        ready = ready_message_ids(sorted({j.queue for j in stale}))
+        present = None if ready is None else ready | held_by_live_workers(now)
         for job in stale:
             # Where the broker cannot be read (RabbitMQ), every stale job is republished: duplicates drop at claim.
             if present is None or str(job.id) not in present:
                 counts["republished"] += job_republish(job=job)
-    for job in Job.objects.running_past_lease(now)[:1000]:
-        outcome = job_run_failed(job_id=str(job.id), token=None, retryable=True,
-                                 error="worker lost: the job ran past its time limit without finishing")
-        if outcome is None:
-            continue
-        counts["stuck_released"] += 1
-        if outcome.retry_in is None:
-            counts["stuck_failed"] += 1
-        else:
-            # The dead worker's message comes back only after the visibility timeout: send a new
-            # one now. Whichever arrives second is dropped at claim.
-            job.refresh_from_db()
-            job_republish(job=job)
-            counts["stuck_retried"] += 1
-    if any(counts.values()):
-        logger.warning("recovery republished=%(republished)s stuck_retried=%(stuck_retried)s "
-                       "stuck_failed=%(stuck_failed)s", counts)
-        for event in ("republished", "stuck_retried", "stuck_failed"):
-            counters.count_event(event, counts[event])
+    if counts["republished"]:
+        logger.warning("recovery republished=%s", counts["republished"])
+        counters.count_event("republished", counts["republished"])
     return counts
 
 

@@ -1,9 +1,10 @@
 """A job's run, as a worker does it: claim, run with progress and cancellation, then succeed or fail.
 
 Every transition of a running job is here: the claim (queued or retrying -> running, one
-conditional UPDATE), progress, the finish (running -> succeeded, with its TaskResult) and the one
-"a run failed" transition (running -> retrying or failed), whoever saw the run fail: the run itself,
-Celery (hard limit, lost process) or recovery (a worker gone).
+conditional UPDATE), progress, the finish (running -> succeeded, with its TaskResult), "a run
+failed" (running -> retrying or failed: its code raised, or it hit its hard limit) and "a run was
+lost" (running -> retrying or failed: its process or worker died, Celery stopped it, its lease
+lapsed), whoever saw it end.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 
 from django.utils import timezone
 from django_celery_results.models import TaskResult
@@ -63,15 +65,17 @@ def full_jitter_backoff(attempt: int, *, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))
 
 
-def job_claim(*, job_id: str, kind: JobKind, worker: str, wait_seconds: float | None = None) -> Claim | None:
+def job_claim(*, job_id: str, kind: JobKind, worker: str, wait_seconds: float | None = None,
+              lease_seconds: float | None = None) -> Claim | None:
     """Take the job for this run: one conditional UPDATE. None when another run has it or it is over.
 
-    A running job is claimable again only once its lease (its hard time limit) has passed: its
-    worker must be dead by then, so a redelivered message cannot run it twice at once.
+    The run holds a lease of JOBS_LEASE_SECONDS (or `lease_seconds`), which its worker's heartbeat
+    renews while the run lives. A running job is claimable again only once its lease has lapsed,
+    so a redelivered message cannot run it twice at once.
     """
     now = timezone.now()
     token = uuid.uuid4()
-    lease = now + timedelta(seconds=hard_time_limit(kind) + 5)
+    lease = now + timedelta(seconds=settings.JOBS_LEASE_SECONDS if lease_seconds is None else lease_seconds)
     attempt = statements.claim(job_id=job_id, token=token, worker=worker[:200], now=now, lease=lease)
     if attempt is None:
         return None
@@ -127,12 +131,12 @@ def job_succeed(*, job_id: str, claim: Claim, kind: JobKind, params: dict, resul
 @transaction.atomic
 def job_run_failed(*, job_id: str, token: uuid.UUID | None, error: str, traceback: str = "",
                    retryable: bool) -> FailureOutcome | None:
-    """A run failed: record its attempt, then retry the job (retryable, attempts left) or fail it.
+    """A run failed: record its attempt, then retry the job (retryable, attempts left) after a backoff, or fail it.
 
-    With `token`, only if that run still owns the job; with None, whatever run holds it (its
-    worker died, or Celery stopped it). None when there was no such run (nothing written).
+    With `token`, only if that run still owns the job; with None, whatever run holds it (Celery
+    killed it at its hard limit). None when there was no such run (nothing written). The retry's
+    message is Celery's (sent with the backoff as countdown).
     """
-    now = timezone.now()
     owned = Job.objects.select_for_update().filter(pk=job_id, status=S.RUNNING)
     if token is not None:
         owned = owned.filter(claim_token=token)
@@ -140,24 +144,63 @@ def job_run_failed(*, job_id: str, token: uuid.UUID | None, error: str, tracebac
     if job is None:
         return None
     kind = get_kind(job.kind)
+    retry_in = None
+    if retryable and kind is not None and job.attempts < job.attempt_limit:
+        retry_in = full_jitter_backoff(job.attempts, base=kind.retry_backoff_base, cap=kind.retry_backoff_max)
+    return _end_run(job, error=error, traceback=traceback, retry_in=retry_in, republish=False)
+
+
+@transaction.atomic
+def job_run_lost(*, job_id: str, error: str, worker: str | None = None, lapsed_before: datetime | None = None,
+                 handed_back: bool = False) -> FailureOutcome | None:
+    """A run ended outside its own code: its process or worker died, Celery stopped it, or its lease lapsed.
+
+    With attempts left the job is `retrying` at once, with no backoff (its code did not fail), and
+    marked unpublished, so that the next publish-due (a worker's heartbeat or beat, within
+    seconds) sends it a new message whatever the broker still holds; the old message, should it
+    come back, is dropped at claim. Without attempts left it fails.
+
+    `worker`: only if that worker holds the run. `lapsed_before`: only if its lease ended before
+    then. `handed_back` (a shutdown, a lost broker connection): the run gives its attempt back, as
+    it was stopped through no fault of its own. None when there was no such run (nothing written).
+    """
+    owned = Job.objects.select_for_update().filter(pk=job_id, status=S.RUNNING)
+    if worker is not None:
+        owned = owned.filter(worker=worker)
+    if lapsed_before is not None:
+        owned = owned.filter(lease_expires_at__lt=lapsed_before)
+    job = owned.first()
+    if job is None:
+        return None
+    attempts_left = job.attempts - (1 if handed_back else 0) < job.attempt_limit
+    return _end_run(job, error=error, traceback="", retry_in=0.0 if attempts_left else None, republish=True,
+                    give_back=handed_back)
+
+
+def _end_run(job: Job, *, error: str, traceback: str, retry_in: float | None, republish: bool,
+             give_back: bool = False) -> FailureOutcome:
+    """Record the run's attempt, then make the job `retrying` (after `retry_in`) or `failed`; inside the caller's
+    transaction, with the job's row locked."""
+    now = timezone.now()
     run_seconds = (now - job.started_at).total_seconds() if job.started_at else None
     JobError.objects.create(job=job, attempt=job.attempts, error=error[:10_000], traceback=traceback,
                             worker=job.worker)
-    if retryable and kind is not None and job.attempts < job.attempt_limit:
-        delay = full_jitter_backoff(job.attempts, base=kind.retry_backoff_base, cap=kind.retry_backoff_max)
-        next_at = now + timedelta(seconds=delay)
-        Job.objects.filter(pk=job.pk).update(status=S.RETRYING, claim_token=None, lease_expires_at=None,
-                                             error=error[:2000], next_attempt_at=next_at, published_at=next_at,
-                                             updated_at=now)
-        emit("retrying", job_id=job_id, kind=job.kind, queue=job.queue, attempt=job.attempts,
-             run_seconds=run_seconds, retry_in=f"{delay:.2f}", error=error[:200])
-        return FailureOutcome(retry_in=delay, attempt=job.attempts)
+    if retry_in is not None:
+        next_at = now + timedelta(seconds=retry_in)
+        Job.objects.filter(pk=job.pk).update(
+            status=S.RETRYING, claim_token=None, lease_expires_at=None, error=error[:2000], next_attempt_at=next_at,
+            # Unpublished: publish-due sends its message. Else Celery's retry message is on its way.
+            published_at=None if republish else next_at,
+            attempts=F("attempts") - 1 if give_back else F("attempts"), updated_at=now)
+        emit("retrying", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts,
+             run_seconds=run_seconds, retry_in=f"{retry_in:.2f}", handed_back=give_back, error=error[:200])
+        return FailureOutcome(retry_in=retry_in, attempt=job.attempts)
     Job.objects.filter(pk=job.pk).update(status=S.FAILED, claim_token=None, lease_expires_at=None,
                                          error=error[:2000], finished_at=now, updated_at=now)
-    _result_row(job_id=job_id, kind_name=job.kind, params=job.params, status="FAILURE",
+    _result_row(job_id=str(job.id), kind_name=job.kind, params=job.params, status="FAILURE",
                 result={"exc_type": "JobFailed", "exc_message": [error[:2000]], "exc_module": "builtins"},
                 traceback=traceback, worker=job.worker, started_at=job.started_at).run()
-    emit("failed", job_id=job_id, kind=job.kind, queue=job.queue, attempt=job.attempts, run_seconds=run_seconds,
+    emit("failed", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts, run_seconds=run_seconds,
          error=error[:200])
     return FailureOutcome(retry_in=None, attempt=job.attempts)
 
@@ -256,13 +299,13 @@ class RunOutcome:
 
 
 def execute_job(*, kind: JobKind, job_id: str, params: dict, worker: str,
-                wait_seconds: float | None = None) -> RunOutcome:
+                wait_seconds: float | None = None, lease_seconds: float | None = None) -> RunOutcome:
     """Claim, run and finish one job; what Celery must do next (retry after `retry_in`) is in the outcome.
 
     A run past its soft time limit fails for good: it would most likely time out again.
     """
-    claim = _with_database_retry(lambda: job_claim(job_id=job_id, kind=kind, worker=worker,
-                                                   wait_seconds=wait_seconds), what="claim", job_id=job_id)
+    claim = _with_database_retry(lambda: job_claim(job_id=job_id, kind=kind, worker=worker, wait_seconds=wait_seconds,
+                                                   lease_seconds=lease_seconds), what="claim", job_id=job_id)
     if claim is None:
         logger.info("dropped message for a job that is not claimable job=%s kind=%s", job_id, kind.name)
         return RunOutcome("dropped")
@@ -298,5 +341,7 @@ def _failed(job_id: str, claim: Claim, exc: BaseException, *, error: str, retrya
 
 def run_inline(*, job: Job, kind: JobKind) -> None:
     """Run a cheap kind in the request, through the same claim and finish as a worker."""
-    execute_job(kind=kind, job_id=str(job.id), params=job.params, worker=f"inline@{worker_name()}")
+    # No heartbeat renews an inline run's lease: it lasts the kind's hard limit.
+    execute_job(kind=kind, job_id=str(job.id), params=job.params, worker=f"inline@{worker_name()}",
+                lease_seconds=hard_time_limit(kind) + 5)
     job.refresh_from_db()

@@ -124,12 +124,13 @@ def _publish(job: Job) -> None:
 
 
 def jobs_publish_due(*, now: datetime | None = None, limit: int = 1000) -> int:
-    """Publish queued jobs whose run_at has come. Safe to run concurrently: each job is marked once."""
+    """Publish the jobs that wait for a message: queued ones whose run_at has come, retrying ones whose run was
+    lost. Safe to run concurrently: each job is marked once."""
     now = now or timezone.now()
     published = 0
     for job in Job.objects.due(now).order_by("run_at")[:limit]:
         with transaction.atomic():
-            marked = Job.objects.filter(pk=job.pk, status=S.QUEUED, published_at__isnull=True).update(
+            marked = Job.objects.filter(pk=job.pk, status__in=S.claimable(), published_at__isnull=True).update(
                 published_at=now)
             if marked:
                 transaction.on_commit(lambda job=job: _publish(job))

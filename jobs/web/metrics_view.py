@@ -12,7 +12,7 @@ from ..infra.metrics import HostFilesCollector
 
 
 class QueuesCollector:
-    """Read at scrape time: queue depths and limits from the broker, the workers that answer a ping."""
+    """Read at scrape time: queue depths and limits from the broker, the workers from their heartbeats."""
 
     def collect(self):
         overview = selectors.queue_overview()
@@ -35,14 +35,17 @@ class QueuesCollector:
             drain = GaugeMetricFamily("jobs_drain_rate", "Jobs claimed per second over the last 10 seconds.")
             drain.add_metric([], snap.drain_rate)
             yield from (depth, limit, accepting, total_limit, drain)
-        workers = GaugeMetricFamily("jobs_workers_online", "Celery workers that answered a ping (cached a few seconds).")
-        workers.add_metric([], len(overview.workers or []))
-        consumers = GaugeMetricFamily("jobs_queue_workers", "Workers consuming each queue (cached).", labels=["queue"])
+        workers = GaugeMetricFamily("jobs_workers_online", "Celery workers whose heartbeat came within the lease.")
+        workers.add_metric([], len(overview.workers))
+        consumers = GaugeMetricFamily("jobs_queue_workers", "Online workers consuming each queue.", labels=["queue"])
         per_queue = overview.workers_per_queue()
-        for name in settings.JOBS_QUEUES:
+        for name in [*settings.JOBS_QUEUES, settings.JOBS_PLATFORM_QUEUE]:
             consumers.add_metric([name], per_queue.get(name, 0))
-        yield workers
-        yield consumers
+        running = GaugeMetricFamily("jobs_worker_running", "Tasks each online worker was running at its last "
+                                    "heartbeat.", labels=["worker"])
+        for worker in overview.workers:
+            running.add_metric([worker.name], worker.running)
+        yield from (workers, consumers, running)
 
 
 def _staff_user(request: HttpRequest):

@@ -251,6 +251,7 @@ def queues(request):
         "refusing": [row["name"] for row in rows if row["closed"]],
         "broker_error": overview.broker_error,
         "workers": overview.workers,
+        "lease_seconds": settings.JOBS_LEASE_SECONDS,
         "submissions": selectors.submission_counts(),
     }
     template = "jobs/_queues_panel.html" if _wants_part(request, "queues-panel") else "jobs/queues.html"
