@@ -11,6 +11,7 @@ from billiard.exceptions import WorkerLostError
 from celery import Task, current_app, shared_task
 from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutdown
 from celery.worker import state as worker_state
+from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 from django.conf import settings
 from django.db import close_old_connections, connection
@@ -86,6 +87,38 @@ class JobRequest(Request):
         if running:
             _in_worker("a revoked run", lambda: services.job_run_failed(
                 job_id=self.id, token=None, retryable=False, error="revoked: its run was terminated"))
+
+
+class JobsConsumer(Consumer):
+    """Celery's consumer, living through a lost Redis connection while it holds unacknowledged messages.
+
+    With celery/kombu 5.7 on Redis, two paths end in AttributeError ('NoneType' object has no
+    attribute 'hostname' / 'client', in kombu's redis `_connparams`), raised in the event loop, and
+    the worker exits ("Unrecoverable error"): Celery lets the broken connection's transport go,
+    then closes its channel, whose close restores the prefetched messages through that transport;
+    and a run that ends after the reconnection acknowledges its message through the old channel.
+    Here the old channel does not restore at close, and such an acknowledgement is logged and
+    dropped. Those messages stay in Redis's unacknowledged set until the visibility timeout (or
+    were lost with Redis); their jobs are published again before that (recovery: no live worker
+    holds them; publish-due: runs handed back), and a second copy is dropped at claim. Shown by
+    tests/faults/test_leases.py, which restarts Redis under a prefetching worker.
+    """
+
+    def on_connection_error_after_connected(self, exc):
+        qos = getattr(getattr(self.task_consumer, "channel", None), "qos", None)
+        if qos is not None and hasattr(qos, "restore_at_shutdown"):
+            qos.restore_at_shutdown = False
+        super().on_connection_error_after_connected(exc)
+
+    def call_soon_ack(self, p, *args, **kwargs):
+        return super().call_soon_ack(_ack_or_log, p, *args, **kwargs)
+
+
+def _ack_or_log(settle, *args, **kwargs) -> None:
+    try:
+        settle(*args, **kwargs)
+    except AttributeError:
+        logger.warning("could not acknowledge a message: its broker connection is gone")
 
 
 class JobTask(Task):

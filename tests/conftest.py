@@ -6,7 +6,7 @@ import os
 import pytest
 from django.conf import settings
 
-from tests.support import LOG_DIR, RedisServer, Worker
+from tests.support import LOG_DIR, Beat, RedisServer, Worker
 
 # This run's metrics files (its own and those of the workers it starts) go to a directory of its
 # own, not to var/prometheus of a platform running from the same checkout. No metric value exists
@@ -71,8 +71,22 @@ def worker_factory(redis_server, transactional_db):
 
 
 @pytest.fixture
+def beat_factory(redis_server):
+    started = []
+
+    def start() -> Beat:
+        beat = Beat(redis_server.url)
+        started.append(beat)
+        return beat.start()
+
+    yield start
+    for beat in started:
+        beat.stop()
+
+
+@pytest.fixture
 def live_worker(worker_factory):
-    """One real worker consuming every queue, with two prefork processes."""
+    """One real worker consuming every queue (housekeeping too), with two prefork processes."""
     return worker_factory()
 
 

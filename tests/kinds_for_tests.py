@@ -3,6 +3,7 @@ import os
 import time
 
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import task_postrun
 from pydantic import Field
 
 from jobs.kinds.compute import StrictParams
@@ -79,3 +80,32 @@ def test_busy(ctx, params: SleepParams) -> dict:
     _mark(params.marker)
     time.sleep(params.seconds)
     return {"slept": params.seconds}
+
+
+@job_kind("test_long_limit", params=SleepParams, max_attempts=3, soft_time_limit=3000, time_limit=3600)
+def test_long_limit(ctx, params: SleepParams) -> dict:
+    """Sleeps under an hour's time limit: how soon it comes back after its worker dies is the lease's doing."""
+    _mark(params.marker)
+    time.sleep(params.seconds)
+    return {"slept": params.seconds}
+
+
+class LingerParams(SleepParams):
+    linger_after: float = Field(0, ge=0, le=60, description="Seconds the pool process waits after the finish "
+                                "committed, before it hands the outcome to the worker's main process.")
+
+
+@job_kind("test_linger", params=LingerParams, max_attempts=1)
+def test_linger(ctx, params: LingerParams) -> dict:
+    """Sleeps, finishes, then lingers (see _linger_after_finish): the window in which Celery, if the broker drops,
+    sees the run as unacknowledged and cancels it, though the ledger has recorded its result."""
+    _mark(params.marker)
+    time.sleep(params.seconds)
+    return {"slept": params.seconds}
+
+
+@task_postrun.connect
+def _linger_after_finish(sender=None, args=None, **kwargs) -> None:
+    params = args[1] if args and len(args) > 1 and isinstance(args[1], dict) else {}
+    if getattr(sender, "name", "") == "jobs.test_linger" and params.get("linger_after"):
+        time.sleep(params["linger_after"])

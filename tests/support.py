@@ -97,7 +97,7 @@ def database_url_for_subprocess() -> str:
 class Worker:
     """A real `celery worker` process of our own, killed (its whole process group) at teardown."""
 
-    def __init__(self, redis_url: str, *, queues: str = "default,cpu,io", concurrency: int = 2, pool: str = "prefork",
+    def __init__(self, redis_url: str, *, queues: str = "default,cpu,io,platform", concurrency: int = 2, pool: str = "prefork",
                  env: dict | None = None, extra_args: list[str] | None = None):
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         self.hostname = self.name.replace("%h", socket.gethostname())
@@ -164,6 +164,49 @@ class Worker:
 
     def stop(self, timeout: float = 20) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL whatever is left of the group."""
+        if self.process is not None:
+            stop_group(self.process, timeout)
+
+
+def procfile() -> dict[str, str]:
+    """The Procfile's lines by process name."""
+    lines = (BASE_DIR / "Procfile").read_text().splitlines()
+    return dict(line.split(": ", 1) for line in lines if ": " in line and not line.startswith("#"))
+
+
+class Beat:
+    """A `celery beat` process started as the Procfile starts it; its process group is killed at teardown."""
+
+    def __init__(self, redis_url: str):
+        self.log_path = LOG_DIR / f"beat-{uuid.uuid4().hex[:8]}.log"
+        self.env = {**os.environ, "REDIS_URL": redis_url, "CELERY_BROKER_URL": redis_url,
+                    "DATABASE_URL": database_url_for_subprocess(), "PYTHONUNBUFFERED": "1"}
+        self.args = [sys.executable, "-m", *procfile()["beat"].removeprefix("exec ").split()]
+        self.process = None
+
+    def start(self) -> "Beat":
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(self.args, cwd=BASE_DIR, env=self.env, stdout=open(self.log_path, "ab"),
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: self.process.poll() is not None or "beat: Starting..." in self.log(), timeout=60,
+                 message="beat to start")
+        assert self.process.poll() is None, self.log()[-3000:]
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def sent(self) -> int:
+        return self.log().count("Sending due task")
+
+    @property
+    def leads(self) -> bool:
+        return "beat lock taken" in self.log()
+
+    def stop(self, timeout: float = 15) -> None:
         if self.process is not None:
             stop_group(self.process, timeout)
 

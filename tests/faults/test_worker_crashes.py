@@ -50,10 +50,11 @@ def test_killing_the_pool_process_mid_job_runs_it_again_to_one_result(worker_fac
 def test_killing_the_whole_worker_loses_nothing_within_visibility_timeout_plus_restore_interval(
         worker_factory, user, tmp_path, redis_server, record_property):
     visibility, restore_interval = 12, 1
-    env = {"JOBS_VISIBILITY_TIMEOUT": str(visibility), "JOBS_RESTORE_INTERVAL": str(restore_interval)}
+    # The running jobs come back when their lease lapses (6 s, renewed every second while the worker
+    # lived), before the visibility timeout brings back the messages the dead worker held.
+    env = {"JOBS_VISIBILITY_TIMEOUT": str(visibility), "JOBS_RESTORE_INTERVAL": str(restore_interval),
+           "JOBS_LEASE_SECONDS": "6", "JOBS_HEARTBEAT_SECONDS": "1"}
     run_seconds = 1.5
-    # The kind's lease (hard limit 4 s + 5 s) ends before the visibility timeout: the restored
-    # messages of the jobs that were running can claim them again.
     first = worker_factory(concurrency=2, env=env, extra_args=["--prefetch-multiplier", "2"])
     jobs = submit_marked(user, "test_short_lease", tmp_path, count=8, seconds=run_seconds)
     ids = [job.pk for job, _ in jobs]

@@ -18,13 +18,15 @@ class Command(BaseCommand):
         username = settings.DJANGO_SUPERUSER_USERNAME
         if User.objects.filter(is_superuser=True).exists():
             if password_file.exists() and not settings.DJANGO_SUPERUSER_PASSWORD:
-                self.stdout.write(f"Admin: {username} / password in {password_file.relative_to(settings.BASE_DIR)}")
+                shown = (password_file.relative_to(settings.BASE_DIR) if password_file.is_relative_to(settings.BASE_DIR)
+                         else password_file)
+                self.stdout.write(f"Admin: {username} / password in {shown}")
             return
         password = settings.DJANGO_SUPERUSER_PASSWORD
         generated = password is None
         if generated:
             password = secrets.token_urlsafe(12)
-            settings.VAR_DIR.mkdir(exist_ok=True)
+            settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
             password_file.write_text(password + "\n")
             password_file.chmod(0o600)
         User.objects.create_superuser(username=username, email="", password=password)

@@ -19,7 +19,7 @@ class Command(BaseCommand):
     help = "Migrate, create the admin user and schedules, then start Redis, web, worker, beat and Flower."
 
     def handle(self, *args, **options):
-        settings.VAR_DIR.mkdir(exist_ok=True)
+        settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
         call_command("migrate", interactive=False, verbosity=0)
         call_command("ensure_admin")
         call_command("install_schedules", verbosity=0)
@@ -32,6 +32,7 @@ class Command(BaseCommand):
 
         env = dict(os.environ)
         env["FLOWER_BASIC_AUTH"] = flower_auth
+        env["JOBS_VAR_DIR"] = str(settings.VAR_DIR)
         env["PATH"] = f"{os.path.dirname(sys.executable)}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
         user, _, password = flower_auth.partition(":")
