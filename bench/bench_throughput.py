@@ -29,7 +29,8 @@ def bare_worker_line() -> str:
 
     line = common.procfile_line("worker")
     line = re.sub(r"-A \S+", "-A bench.bare_app", line)
-    return re.sub(r"--queues \S+", f"--queues {BARE_QUEUE} --hostname bare@%h", line)
+    line = re.sub(r"--hostname \S+", "--hostname bare@%h", line)
+    return re.sub(r"--queues \S+", f"--queues {BARE_QUEUE}", line)
 
 
 def child(args) -> None:

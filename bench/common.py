@@ -88,8 +88,9 @@ def procfile_line(name: str) -> str:
 
 
 def start_procfile(name: str, *, env: dict, log_path: Path) -> Process:
-    """Run a Procfile line as honcho and the compose file do: through sh, with the same environment."""
-    return Process(["sh", "-c", "exec " + procfile_line(name)], env=env, log_path=log_path)
+    """Run a Procfile line as honcho and the compose file do: through sh (the line `exec`s), with the same
+    environment."""
+    return Process(["sh", "-c", procfile_line(name)], env=env, log_path=log_path)
 
 
 class RedisServer(support.RedisServer):
