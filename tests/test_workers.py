@@ -7,9 +7,10 @@ import pytest
 from django.utils import timezone
 
 from jobs import selectors, services
-from jobs.infra.broker import broker_list_names
+from jobs.infra.broker import broker_list_names, broker_started_at
 from jobs.models import Job, JobError, Worker
 from jobs.registry import get_kind
+from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db
 S = Job.Status
@@ -119,3 +120,20 @@ def test_recovery_trusts_a_message_held_by_a_live_worker_not_one_a_dead_worker_h
     assert services.recover_jobs(stale_after=0)["republished"] == 0, "a live worker holds it"
     Worker.objects.filter(name="w1@host").update(stopped_at=timezone.now())
     assert services.recover_jobs(stale_after=0)["republished"] == 1, "its holder is gone"
+
+
+def test_jobs_published_before_redis_restarted_are_republished_without_waiting(user, redis_server):
+    from jobs.infra import redis as redis_clients
+
+    job = services.job_submit(user=user, kind="noop").job
+    published_at = timezone.now()
+    Job.objects.filter(pk=job.pk).update(published_at=published_at)
+    # Redis's uptime is in whole seconds: wait until it shows Redis up since before the publish.
+    wait_for(lambda: broker_started_at() <= published_at, timeout=5, message="Redis to be up since the publish")
+    redis_server.client().flushall()  # the message is gone, but just now: not stale yet
+    assert services.recover_jobs()["republished"] == 0
+
+    redis_server.stop()
+    redis_server.start()  # empty: whatever was published before now is lost
+    redis_clients.reset()
+    assert services.recover_jobs()["republished"] == 1

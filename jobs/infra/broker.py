@@ -3,10 +3,12 @@ and the result backend's encoding."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 from celery import current_app
 from celery.exceptions import SoftTimeLimitExceeded  # noqa: F401 - raised in a run at its soft limit; runs catch it
 from django.conf import settings
+from django.utils import timezone
 
 from .redis import REDIS_DOWN, broker_client, broker_is_platform_redis, broker_is_redis, client
 
@@ -91,6 +93,17 @@ def ready_message_ids(queues: list[str]) -> set[str] | None:
     ids = {_message_id(raw) for reply in pipe.execute() for raw in reply}
     ids.discard(None)
     return ids
+
+
+def broker_started_at() -> datetime | None:
+    """When the broker (Redis) last started, from its uptime; None when it cannot be told (RabbitMQ).
+
+    A Redis that restarted without persistence holds no message published before then.
+    """
+    if not broker_is_redis():
+        return None
+    uptime = broker_client().info("server").get("uptime_in_seconds")
+    return None if uptime is None else timezone.now() - timedelta(seconds=int(uptime))
 
 
 def _message_id(raw) -> str | None:

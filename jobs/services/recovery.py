@@ -10,7 +10,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from ..infra import counters
-from ..infra.broker import ready_message_ids
+from ..infra.broker import broker_started_at, ready_message_ids
 from ..models import Job, JobMinuteRollup
 from .submit import job_republish
 from .workers import held_by_live_workers, jobs_reclaim_lapsed
@@ -21,16 +21,21 @@ logger = logging.getLogger(__name__)
 def recover_jobs(*, stale_after: float | None = None, now=None) -> dict[str, int]:
     """Take back running jobs whose worker is gone; republish waiting jobs that no message will wake.
 
-    A waiting job (queued or retrying, published more than `stale_after` seconds ago) still has
-    its message when the message is ready in its queue, or held by a worker whose heartbeat says
-    so. A message delivered to a worker that died sits in the broker's unacknowledged set until the
+    A waiting job (queued or retrying, published more than `stale_after` seconds ago, or before
+    Redis last started) still has its message when the message is ready in its queue, or held by a
+    worker whose heartbeat says so. A message delivered to a worker that died sits in the broker's unacknowledged set until the
     visibility timeout: it does not count, and the job gets a new one (the old, if it comes back,
     is dropped at claim).
     """
     now = now or timezone.now()
     stale_after = settings.JOBS_RECOVERY_AFTER_SECONDS if stale_after is None else stale_after
     counts = {"republished": 0, **jobs_reclaim_lapsed(now=now)}
-    stale = list(Job.objects.stale_queued(now - timedelta(seconds=stale_after)).order_by("published_at")[:5000])
+    older_than = now - timedelta(seconds=stale_after)
+    restarted_at = broker_started_at()
+    if restarted_at is not None and restarted_at > older_than:
+        # Redis restarted since: a message sent before then is there only if Redis kept it, which is checked below.
+        older_than = restarted_at
+    stale = list(Job.objects.stale_queued(older_than).order_by("published_at")[:5000])
     if stale:
         ready = ready_message_ids(sorted({j.queue for j in stale}))
         present = None if ready is None else ready | held_by_live_workers(now)

@@ -112,12 +112,13 @@ def broker_priority(priority: int) -> int:
     return 9 - priority
 
 
-def _publish(job: Job) -> None:
-    """Send the job's message. A failure leaves the job queued for recovery to republish."""
+def _publish(job: Job, *, ahead: bool = False) -> None:
+    """Send the job's message (`ahead`: before every other waiting message of its queue). A failure leaves the
+    job queued for recovery to republish."""
     kind = get_kind(job.kind)
     try:
         broker.publish(task_name=kind.task_name if kind else f"jobs.{job.kind}", args=(str(job.id), job.params),
-                       task_id=str(job.id), queue=job.queue, priority=broker_priority(job.priority),
+                       task_id=str(job.id), queue=job.queue, priority=broker_priority(9 if ahead else job.priority),
                        headers=metrics.publish_headers())
     except Exception as exc:  # noqa: BLE001 - the database keeps the job; recovery republishes it
         logger.warning("publish failed job=%s kind=%s error=%r; left for recovery", job.id, job.kind, exc)
@@ -133,7 +134,9 @@ def jobs_publish_due(*, now: datetime | None = None, limit: int = 1000) -> int:
             marked = Job.objects.filter(pk=job.pk, status__in=S.claimable(), published_at__isnull=True).update(
                 published_at=now)
             if marked:
-                transaction.on_commit(lambda job=job: _publish(job))
+                # A run that was lost or handed back goes ahead of the queue: it had waited its turn already.
+                ahead = job.status == S.RETRYING
+                transaction.on_commit(lambda job=job, ahead=ahead: _publish(job, ahead=ahead))
                 published += 1
     return published
 
