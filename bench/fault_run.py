@@ -92,6 +92,23 @@ def main() -> None:
     start("housekeeping", "housekeeping")
     start("beat", "beat")
 
+    recovery: list[float] = []  # from the kill to the job running again elsewhere (or done)
+    taken_back: list[float] = []  # from the kill to the job no longer recorded as running on the dead worker
+    pending: dict[str, dict] = {}
+    seen_back: set[str] = set()
+
+    def observe() -> None:
+        """Watch the jobs each killed worker was running: when they were taken back, when they ran again."""
+        for job_id, kill in list(pending.items()):
+            job = Job.objects.filter(pk=job_id).values("status", "worker").first()
+            on_dead = job["worker"].startswith(kill["worker"])
+            if job_id not in seen_back and not (job["status"] == "running" and on_dead):
+                taken_back.append(time.monotonic() - kill["at"])
+                seen_back.add(job_id)
+            if job["status"] in ("running", "succeeded") and not on_dead:
+                recovery.append(time.monotonic() - kill["at"])
+                del pending[job_id]
+
     submitted: list[str] = []
     refused = 0
     kills: list[dict] = []  # worker kills: when, and the jobs it was running then
@@ -100,6 +117,7 @@ def main() -> None:
     started = time.monotonic()
     next_fault = started + rng.uniform(3, 8)
     next_submit = started
+    next_observe = started
     print(f"fault run: {args.jobs} jobs over {args.seconds:.0f}s of faults, seed {seed}", flush=True)
 
     while time.monotonic() - started < args.seconds or len(submitted) < args.jobs:
@@ -125,7 +143,9 @@ def main() -> None:
                                .values_list("pk", flat=True))
                 if fault == "kill_worker":
                     common.support.kill_group(victim.popen)
-                    kills.append({"at": time.monotonic(), "worker": hostname, "jobs": [str(j) for j in running]})
+                    kill = {"at": time.monotonic(), "worker": hostname, "jobs": [str(j) for j in running]}
+                    kills.append(kill)
+                    pending.update(dict.fromkeys(kill["jobs"], kill))
                 else:
                     victim.stop(timeout=30)
                 time.sleep(rng.uniform(0.5, 3))
@@ -141,24 +161,15 @@ def main() -> None:
                 time.sleep(rng.uniform(0.5, 3))
                 start("beat", "beat")
             next_fault = time.monotonic() + rng.uniform(4, 12)
+        if now >= next_observe:
+            observe()
+            next_observe = now + 0.25
         time.sleep(0.001)
 
-    # The faults are over: wait for every job, measuring how soon each killed worker's jobs ran again.
-    recovery: list[float] = []  # from the kill to the job running again elsewhere (or done)
-    taken_back: list[float] = []  # from the kill to the job no longer recorded as running on the dead worker
-    pending = {job_id: kill for kill in kills for job_id in kill["jobs"]}
-    seen_back: set[str] = set()
+    # The faults are over: wait for every job, and for each killed worker's jobs to run again.
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        for job_id, kill in list(pending.items()):
-            job = Job.objects.filter(pk=job_id).values("status", "worker").first()
-            on_dead = job is not None and job["worker"].startswith(kill["worker"])
-            if job_id not in seen_back and not (job["status"] == "running" and on_dead):
-                taken_back.append(time.monotonic() - kill["at"])
-                seen_back.add(job_id)
-            if job["status"] in ("running", "succeeded") and not on_dead:
-                recovery.append(time.monotonic() - kill["at"])
-                del pending[job_id]
+        observe()
         left = Job.objects.filter(pk__in=submitted).exclude(status=Job.Status.SUCCEEDED).count()
         if not left and not pending:
             break
