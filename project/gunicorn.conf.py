@@ -27,3 +27,9 @@ def worker_exit(server, worker):
     from jobs.services import admission
 
     admission.stop()
+
+
+# No control socket: its default path ($XDG_RUNTIME_DIR/gunicorn.ctl or ~/.gunicorn/gunicorn.ctl) is one per user,
+# shared by every gunicorn that user runs (a second checkout, a test, a benchmark), and the platform uses no
+# gunicornc command.
+control_socket_disable = True

@@ -208,7 +208,8 @@ def test_cancelled_jobs_are_counted_as_finished(staff_client, user):
 # --- Under gunicorn: two web processes, one sum --------------------------------------------
 
 
-def test_gunicorn_processes_add_up_and_a_worker_host_serves_its_own(redis_server, staff_user, worker_factory):
+def test_gunicorn_processes_add_up_and_a_worker_host_serves_its_own(redis_server, staff_user, worker_factory,
+                                                                  tmp_path):
     """The Procfile's web line with 2 processes: whichever answers, the counts are the host's."""
     from tests.support import BASE_DIR, LOG_DIR
 
@@ -219,6 +220,7 @@ def test_gunicorn_processes_add_up_and_a_worker_host_serves_its_own(redis_server
     procfile = dict(line.split(": ", 1) for line in (BASE_DIR / "Procfile").read_text().splitlines() if line)
     env = {**os.environ, "REDIS_URL": redis_server.url, "CELERY_BROKER_URL": redis_server.url,
            "DATABASE_URL": database_url_for_subprocess(), "WEB_PORT": str(port), "WEB_CONCURRENCY": "2",
+           "HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path),
            "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(LOG_DIR / f"gunicorn-{port}.log", "ab")
     server = subprocess.Popen(["sh", "-c", procfile["web"]], cwd=BASE_DIR, env=env, stdout=log,
@@ -233,6 +235,8 @@ def test_gunicorn_processes_add_up_and_a_worker_host_serves_its_own(redis_server
                 return False
 
         wait_for(up, timeout=60, interval=0.2, message="gunicorn to answer")
+        # No control socket at the per-user path every gunicorn of this user would share.
+        assert not (tmp_path / "gunicorn.ctl").exists() and not (tmp_path / ".gunicorn").exists()
         before = parse(httpx.get(f"{base}/metrics", headers=headers, timeout=10).text)
 
         def submit(_):
