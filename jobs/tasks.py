@@ -58,7 +58,7 @@ class JobRequest(Request):
         super().on_timeout(soft, timeout)
         if not soft:
             _in_worker("a hard time limit", lambda: services.job_run_failed(
-                job_id=self.id, token=None, retryable=False,
+                job_id=self.id, token=None, worker=self.hostname, retryable=False,
                 error=f"timed out after {timeout}s (hard time limit); its process was killed"))
 
     def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
@@ -86,7 +86,8 @@ class JobRequest(Request):
         super().terminate(pool, signal=signal)
         if running:
             _in_worker("a revoked run", lambda: services.job_run_failed(
-                job_id=self.id, token=None, retryable=False, error="revoked: its run was terminated"))
+                job_id=self.id, token=None, worker=self.hostname, retryable=False,
+                error="revoked: its run was terminated"))
 
 
 class JobsConsumer(Consumer):
@@ -222,6 +223,10 @@ class Heartbeat:
         self.pid = os.getpid()
         self.app = consumer.app
         self.concurrency = getattr(consumer.controller, "concurrency", 0) or 0
+        # Since when every beat has reached the database. Other workers' jobs are taken back only once
+        # that is a whole lease: after a database outage every lease has lapsed, and their live
+        # workers must get the time to renew them first.
+        self._steady_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="jobs-heartbeat", daemon=True)
 
@@ -237,14 +242,22 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.is_set():
             close_old_connections()
-            _in_worker("a heartbeat", self.beat)
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - the database may be down: beat again later, leases lapse meanwhile
+                self._steady_since = None
+                logger.exception("heartbeat failed worker=%s", self.name)
             self._stop.wait(settings.JOBS_HEARTBEAT_SECONDS)
         connection.close()
 
     def beat(self) -> None:
+        now = time.monotonic()
+        if self._steady_since is None:
+            self._steady_since = now
         running, held = self._requests()
         services.worker_beat(name=self.name, pid=self.pid, queues=list(self.app.amqp.queues.consume_from),
-                             concurrency=self.concurrency, running_ids=running, held_ids=held)
+                             concurrency=self.concurrency, running_ids=running, held_ids=held,
+                             reclaim=now - self._steady_since >= settings.JOBS_LEASE_SECONDS)
 
     @staticmethod
     def _requests() -> tuple[list[str], list[str]]:

@@ -199,7 +199,7 @@ def running_job(**fields):
 
 def test_a_running_job_past_its_lease_without_attempts_left_fails_clearly():
     job = running_job()
-    counts = services.recover_jobs()
+    counts = services.jobs_reclaim_lapsed()
     assert counts["stuck_failed"] == 1 and counts["stuck_retried"] == 0
     job.refresh_from_db()
     assert job.status == S.FAILED and "worker lost" in job.error and job.finished_at is not None
@@ -209,7 +209,7 @@ def test_a_running_job_past_its_lease_without_attempts_left_fails_clearly():
 
 def test_a_running_job_within_its_lease_is_left_alone():
     job = running_job(lease_expires_at=timezone.now() + timedelta(minutes=5))
-    counts = services.recover_jobs()
+    counts = services.jobs_reclaim_lapsed()
     assert counts["stuck_retried"] == counts["stuck_failed"] == 0
     job.refresh_from_db()
     assert job.status == S.RUNNING

@@ -1,4 +1,4 @@
-"""Housekeeping writes: take back jobs whose worker is gone, republish jobs whose message was lost, retention."""
+"""Housekeeping writes: republish jobs whose message was lost, retention."""
 from __future__ import annotations
 
 import logging
@@ -13,13 +13,14 @@ from ..infra import counters
 from ..infra.broker import broker_started_at, ready_message_ids
 from ..models import Job, JobMinuteRollup
 from .submit import job_republish
-from .workers import held_by_live_workers, jobs_reclaim_lapsed
+from .workers import held_by_live_workers
 
 logger = logging.getLogger(__name__)
 
 
 def recover_jobs(*, stale_after: float | None = None, now=None) -> dict[str, int]:
-    """Take back running jobs whose worker is gone; republish waiting jobs that no message will wake.
+    """Republish waiting jobs that no message will wake. (Running jobs whose worker is gone are taken back by the
+    live workers' heartbeats: jobs_reclaim_lapsed.)
 
     A waiting job (queued or retrying, published more than `stale_after` seconds ago, or before
     Redis last started) still has its message when the message is ready in its queue, or held by a
@@ -29,7 +30,7 @@ def recover_jobs(*, stale_after: float | None = None, now=None) -> dict[str, int
     """
     now = now or timezone.now()
     stale_after = settings.JOBS_RECOVERY_AFTER_SECONDS if stale_after is None else stale_after
-    counts = {"republished": 0, **jobs_reclaim_lapsed(now=now)}
+    counts = {"republished": 0}
     older_than = now - timedelta(seconds=stale_after)
     restarted_at = broker_started_at()
     if restarted_at is not None and restarted_at > older_than:

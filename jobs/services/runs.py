@@ -130,16 +130,18 @@ def job_succeed(*, job_id: str, claim: Claim, kind: JobKind, params: dict, resul
 
 @transaction.atomic
 def job_run_failed(*, job_id: str, token: uuid.UUID | None, error: str, traceback: str = "",
-                   retryable: bool) -> FailureOutcome | None:
+                   retryable: bool, worker: str | None = None) -> FailureOutcome | None:
     """A run failed: record its attempt, then retry the job (retryable, attempts left) after a backoff, or fail it.
 
-    With `token`, only if that run still owns the job; with None, whatever run holds it (Celery
-    killed it at its hard limit). None when there was no such run (nothing written). The retry's
-    message is Celery's (sent with the backoff as countdown).
+    With `token`, only if that run still owns the job; with None, the run `worker` holds (Celery
+    killed it at its hard limit, or terminated it). None when there was no such run (nothing
+    written). The retry's message is Celery's (sent with the backoff as countdown).
     """
     owned = Job.objects.select_for_update().filter(pk=job_id, status=S.RUNNING)
     if token is not None:
         owned = owned.filter(claim_token=token)
+    if worker is not None:
+        owned = owned.filter(worker=worker)
     job = owned.first()
     if job is None:
         return None

@@ -129,7 +129,11 @@ def jobs_publish_due(*, now: datetime | None = None, limit: int = 1000) -> int:
     lost. Safe to run concurrently: each job is marked once."""
     now = now or timezone.now()
     published = 0
-    for job in Job.objects.due(now).order_by("run_at")[:limit]:
+    due = list(Job.objects.due(now).order_by("run_at")[:limit])
+    # Each publish retries a while before it gives up: with the broker down, leave them all due instead.
+    if not due or not broker.answers():
+        return 0
+    for job in due:
         with transaction.atomic():
             marked = Job.objects.filter(pk=job.pk, status__in=S.claimable(), published_at__isnull=True).update(
                 published_at=now)

@@ -37,13 +37,15 @@ def worker_heartbeat(*, name: str, pid: int, queues: list[str], concurrency: int
 
 
 def worker_beat(*, name: str, pid: int, queues: list[str], concurrency: int, running_ids: list[str],
-                held_ids: list[str]) -> None:
+                held_ids: list[str], reclaim: bool) -> None:
     """One heartbeat of a worker: renew its leases, then, like every live worker, take back the jobs of dead ones
-    and publish the jobs waiting for a message (so neither waits for beat)."""
+    (`reclaim`: once this worker has reached the database for a whole lease) and publish a batch of the
+    jobs waiting for a message, so that neither waits for beat."""
     worker_heartbeat(name=name, pid=pid, queues=queues, concurrency=concurrency, running_ids=running_ids,
                      held_ids=held_ids)
-    jobs_reclaim_lapsed()
-    jobs_publish_due()
+    if reclaim:
+        jobs_reclaim_lapsed()
+    jobs_publish_due(limit=100)
 
 
 def worker_stopped(*, name: str, pid: int) -> None:

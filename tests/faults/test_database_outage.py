@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from jobs.models import Job
+from jobs.models import Job, Worker
 from tests.faults.conftest import S, all_in, report, results_per_job, starts, submit_marked
 from tests.support import wait_for
 
@@ -109,3 +109,27 @@ def test_jobs_finish_and_requests_get_503_through_a_database_outage(worker_facto
     assert api.post("/api/jobs", {"kind": "noop"}).status_code == 202
     report(record_property, database=connection.vendor, jobs=len(ids), finished_during_outage=len(running),
            outage_seconds=round(outage, 1), write_retries_logged=retries, seconds_to_finish_after=round(took, 1))
+
+
+def test_a_database_outage_longer_than_the_lease_takes_no_live_run_away(worker_factory, user, tmp_path,
+                                                                        quick_lock_timeout, record_property):
+    # Every lease lapses during the outage. The idle worker beats far more often than the one running
+    # the job, so it reaches the database first afterwards: it must leave the job to its live worker.
+    lease = {"JOBS_LEASE_SECONDS": "3", **quick_lock_timeout}
+    owner = worker_factory(queues="default", concurrency=1, env={**lease, "JOBS_HEARTBEAT_SECONDS": "1"})
+    [(job, marker)] = submit_marked(user, "test_sleep", tmp_path, seconds=14)
+    wait_for(lambda: starts(marker), timeout=30, message="the run to start")
+    idle = worker_factory(queues="default", concurrency=1, env={**lease, "JOBS_HEARTBEAT_SECONDS": "0.2"})
+    wait_for(lambda: Worker.objects.filter(name__in=[owner.hostname, idle.hostname]).count() == 2, timeout=30,
+             message="both workers to have beaten before the outage")
+
+    with database_down():
+        time.sleep(6)  # the outage itself: twice the lease
+    done = wait_for(lambda: Job.objects.filter(pk=job.pk, status__in=[S.SUCCEEDED, S.FAILED]).first(),
+                    timeout=60, interval=0.2, message="the job to finish")
+
+    assert done.status == S.SUCCEEDED and done.attempts == 1 and done.worker == owner.hostname
+    assert len(starts(marker)) == 1, "run once: its live worker kept it"
+    assert not done.errors.exists()
+    assert results_per_job([job.pk]) == {str(job.pk): 1}
+    report(record_property, outage_seconds=6, lease_seconds=3, runs=len(starts(marker)))

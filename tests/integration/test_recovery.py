@@ -42,7 +42,7 @@ def test_a_job_whose_worker_died_is_taken_back_by_another_workers_heartbeat(redi
              message="the job to start")
     first.kill_all()  # the whole worker, pool and all, with no chance to report
     assert Job.objects.get(pk=job.pk).status == Job.Status.RUNNING
-    counts = services.recover_jobs()
+    counts = services.jobs_reclaim_lapsed()
     assert counts["stuck_retried"] == counts["stuck_failed"] == 0  # its lease has not lapsed yet
 
     # No beat here: the second worker's heartbeat takes the job back once the lease lapses, and publishes it.

@@ -99,7 +99,8 @@ class OrderedStopManager(Manager):
         self._signal(workers, signal.SIGTERM)
         if not self._wait(workers, self.grace):
             self._system_print(f"jobs still running after {self.grace}s: stopping them (they are handed back)\n")
-            self._signal(workers, signal.SIGQUIT)
+            # The housekeeping worker's threads cannot be stopped: its short tasks are waited for instead.
+            self._signal([name for name in workers if name != "housekeeping"], signal.SIGQUIT)
             if not self._wait(workers, 30):
                 self._signal(workers, signal.SIGKILL, group=True)
         others = [name for name in self._processes if name not in workers and name not in LAST]
