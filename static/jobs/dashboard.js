@@ -109,6 +109,12 @@
     if (form) schedule(form, 0, "The server could not be reached.", "");
   });
 
+  // --- Forms that ask first (data-confirm): an action that cannot be undone --------------
+  document.addEventListener("submit", function (event) {
+    var form = event.target.closest("form[data-confirm]");
+    if (form && !window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
+  });
+
   // --- Copy buttons -----------------------------------------------------------------------
   document.addEventListener("click", function (event) {
     var button = event.target.closest("[data-copy]");

@@ -297,6 +297,14 @@ def test_api_tokens_are_created_shown_once_and_revoked(page, user):
     page.goto("/tokens")
     expect(page.get_by_label("New token", exact=True)).to_have_count(0)
     expect(page.get_by_role("cell", name=f"{plain[:12]}…")).to_be_visible()
+    # The page asks first: declining keeps the token.
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.get_by_role("button", name=f"Revoke token {plain[:12]}").click()
+    wait_for(lambda: asked, timeout=10, message="the page to ask before revoking")
+    assert plain[:12] in asked[0] and "cannot be undone" in asked[0]
+    expect(page.locator(".status-active")).to_have_text("active")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name=f"Revoke token {plain[:12]}").click()
     expect(page.get_by_text("was revoked")).to_be_visible()
     expect(page.locator(".status-revoked")).to_have_text("revoked")
