@@ -130,6 +130,8 @@ def test_the_form_is_generated_from_the_kinds_schema(alice):
     assert "required" not in fail_at.split("<input", 1)[1].split(">", 1)[0]
 
     fan_out = alice.get(reverse("jobs:new"), {"kind": "fan_out"}).content.decode()
+    author = field_block(fan_out, "params-author_id")
+    assert "At least 1." in author and "9,007" not in author  # 2**53 bounds JSON clients, not people
     assert "(required)" in field_block(fan_out, "params-text")
     assert "<textarea" in field_block(fan_out, "params-text")  # 500 characters: a text area
 
@@ -290,6 +292,9 @@ def test_the_live_part_polls_until_the_job_finishes(alice, user):
     assert part.lstrip().startswith('<div id="job-live"') and "<html" not in part
     assert 'hx-trigger="every 1s' in part
     assert 'aria-valuenow="75"' in part and "step 3 of 4" in part
+    Job.objects.filter(pk=job.pk).update(progress_done=30_000_000, progress_total=40_000_000)
+    part = alice.get(reverse("jobs:detail", args=[job.id]), HTTP_HX_TARGET="job-live", **HTMX).content.decode()
+    assert "(30,000,000 of 40,000,000)" in part
     Job.objects.filter(pk=job.pk).update(status=Job.Status.CANCELLED, finished_at=timezone.now())
     part = alice.get(reverse("jobs:detail", args=[job.id]), HTTP_HX_TARGET="job-live", **HTMX).content.decode()
     assert "hx-trigger" not in part and "status-cancelled" in part

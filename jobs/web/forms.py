@@ -31,6 +31,10 @@ def _field_schema(schema: dict, prop: dict) -> tuple[dict, bool]:
     return prop, nullable
 
 
+# The largest integer every JSON client reads exactly (2**53); schemas bound ids with it.
+JSON_SAFE_INTEGER = 2**53
+
+
 def _fmt(number) -> str:
     return intcomma(number) if isinstance(number, int) else f"{number:g}"
 
@@ -38,6 +42,8 @@ def _fmt(number) -> str:
 def _constraints(prop: dict) -> str:
     """The bounds of a field in words, for its help text."""
     low, high = prop.get("minimum"), prop.get("maximum")
+    if high is not None and high >= JSON_SAFE_INTEGER:
+        high = None  # a bound for JSON clients (ids), not one a person needs to read
     if low is not None and high is not None:
         return f"From {_fmt(low)} to {_fmt(high)}."
     if low is not None:
