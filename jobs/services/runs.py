@@ -137,12 +137,7 @@ def job_run_failed(*, job_id: str, token: uuid.UUID | None, error: str, tracebac
     killed it at its hard limit, or terminated it). None when there was no such run (nothing
     written). The retry's message is Celery's (sent with the backoff as countdown).
     """
-    owned = Job.objects.select_for_update().filter(pk=job_id, status=S.RUNNING)
-    if token is not None:
-        owned = owned.filter(claim_token=token)
-    if worker is not None:
-        owned = owned.filter(worker=worker)
-    job = owned.first()
+    job = _running_locked(job_id, claim_token=token, worker=worker)
     if job is None:
         return None
     kind = get_kind(job.kind)
@@ -166,17 +161,19 @@ def job_run_lost(*, job_id: str, error: str, worker: str | None = None, lapsed_b
     then. `handed_back` (a shutdown, a lost broker connection): the run gives its attempt back, as
     it was stopped through no fault of its own. None when there was no such run (nothing written).
     """
-    owned = Job.objects.select_for_update().filter(pk=job_id, status=S.RUNNING)
-    if worker is not None:
-        owned = owned.filter(worker=worker)
-    if lapsed_before is not None:
-        owned = owned.filter(lease_expires_at__lt=lapsed_before)
-    job = owned.first()
+    job = _running_locked(job_id, worker=worker, lease_expires_at__lt=lapsed_before)
     if job is None:
         return None
     attempts_left = job.attempts - (1 if handed_back else 0) < job.attempt_limit
     return _end_run(job, error=error, traceback="", retry_in=0.0 if attempts_left else None, republish=True,
                     give_back=handed_back)
+
+
+def _running_locked(job_id: str, **conditions) -> Job | None:
+    """The running job, its row locked to the end of the caller's transaction, if it meets the conditions given
+    (None values are left out); else None."""
+    given = {field: value for field, value in conditions.items() if value is not None}
+    return Job.objects.select_for_update().filter(pk=job_id, status=S.RUNNING, **given).first()
 
 
 def _end_run(job: Job, *, error: str, traceback: str, retry_in: float | None, republish: bool,
