@@ -8,7 +8,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from jobs import services
-from jobs.infra.broker import decode_result
+from jobs.infra.broker import decode_result, ready_message_ids
 from jobs.models import Job, JobError
 from jobs.schedules import install_schedules
 from jobs.services import admission
@@ -126,7 +126,10 @@ def test_housekeeping_keeps_time_while_every_job_slot_is_busy(worker_factory, be
                          timeout=30, interval=0.1, message="publish-due to publish the scheduled job")
     late = (published.published_at - run_at).total_seconds()
     assert Job.objects.filter(pk=busy[0][0].pk, status=S.RUNNING).exists(), "the only job slot is still busy"
-    # Housekeeping is not on the users' queues: the depth counts the two waiting jobs, nothing else.
+    # Housekeeping is not on the users' queues: the depth counts the two waiting jobs, nothing else
+    # (once the message is in Redis: published_at is written just before the publish).
+    wait_for(lambda: str(scheduled.pk) in ready_message_ids(["default"]), timeout=10,
+             message="the scheduled job's message to be in its queue")
     assert admission.queue_snapshot(max_age=0).queues["default"].depth == 2
     report(record_property, published_after_run_at_seconds=round(late, 2))
     assert late <= 4, f"published {late:.1f}s after its run_at while the job worker was busy"
