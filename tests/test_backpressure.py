@@ -11,7 +11,7 @@ from jobs.infra.counters import DRAIN_KEY
 from jobs.models import Job
 from jobs import services
 from jobs.services import admission
-from jobs.services.admission import QueueState, Snapshot
+from jobs.services.admission import QueueState, retry_after
 from tests.support import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -112,22 +112,45 @@ def test_submission_counts_are_sent_in_batches_and_survive_a_redis_outage(redis_
 def test_retry_after_follows_the_drain_rate(settings):
     settings.JOBS_RETRY_AFTER_MAX = 60
     state = QueueState("default", depth=1000, limit=1000, low_mark=800, closed=True)
-    assert Snapshot({}, 1000, 1000, True, drain_rate=50.0).retry_after(state) == 4  # 200 over the low mark at 50/s
-    assert Snapshot({}, 1000, 1000, True, drain_rate=0.5).retry_after(state) == 60  # bounded above
-    assert Snapshot({}, 1000, 1000, True, drain_rate=0.0).retry_after(state) == 60  # nothing drains
-    barely = dataclasses.replace(state, depth=801)
-    assert Snapshot({}, 801, 1000, True, drain_rate=1e6).retry_after(barely) == 1  # bounded below
+    assert retry_after(dataclasses.replace(state, drain_rate=50.0)) == 4  # 200 over the low mark at 50/s
+    assert retry_after(dataclasses.replace(state, drain_rate=0.5)) == 60  # bounded above
+    assert retry_after(dataclasses.replace(state, drain_rate=0.0)) == 60  # nothing drains
+    assert retry_after(dataclasses.replace(state, depth=801, drain_rate=1e6)) == 1  # bounded below
 
 
-def test_drain_rate_is_read_from_the_workers_counters(redis_server):
+def test_drain_rates_are_read_per_queue_from_the_workers_counters(redis_server):
     now = int(time.time())
     client = redis_server.client()
     for second in (now - 3, now - 2, now - 1):
-        client.set(DRAIN_KEY.format(second=second), 10)
-    assert admission.queue_snapshot(max_age=0).drain_rate == 3.0  # 30 claims over the 10-second window
-    counters.record_drained()
-    assert int(client.get(DRAIN_KEY.format(second=int(time.time()))) or 0) >= 1 or \
-        int(client.get(DRAIN_KEY.format(second=int(time.time()) - 1)) or 0) >= 1
+        client.set(DRAIN_KEY.format(queue="cpu", second=second), 10)
+        client.set(DRAIN_KEY.format(queue="*", second=second), 10)
+    snap = admission.queue_snapshot(max_age=0)
+    assert snap.drain_rate == 3.0  # 30 claims over the 10-second window
+    assert snap.queues["cpu"].drain_rate == 3.0 and snap.queues["default"].drain_rate == 0.0
+    counters.record_drained("io")
+    seconds = (int(time.time()), int(time.time()) - 1)
+    for queue in ("io", "*"):
+        assert any(int(client.get(DRAIN_KEY.format(queue=queue, second=s)) or 0) >= 1 for s in seconds)
+
+
+def test_retry_after_comes_from_the_refused_queues_own_drain(api, settings, redis_server):
+    """A fast-draining cpu queue says nothing of when the full default queue will take jobs again."""
+    settings.JOBS_QUEUE_LIMITS = {"default": 2}
+    settings.JOBS_QUEUE_LOW_WATERMARK = 0
+    settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 0
+    settings.JOBS_RETRY_AFTER_MAX = 60
+    now = int(time.time())
+    for second in range(now - 10, now + 5):
+        redis_server.client().set(DRAIN_KEY.format(queue="cpu", second=second), 1000, ex=300)
+        redis_server.client().set(DRAIN_KEY.format(queue="*", second=second), 1000, ex=300)
+    redis_server.client().rpush(broker_list_names("default")[0], b"one", b"two")  # the queue at its limit
+    assert api.post("/api/jobs", {"kind": "count_primes"}).status_code == 202  # the cpu queue is not full
+    refused = api.post("/api/jobs", {"kind": "noop"})
+    assert refused.status_code == 503 and refused.json()["queue"] == "default"
+    assert refused["Retry-After"] == "60" and refused.json()["retry_after"] == 60  # default drains nothing
+    for second in range(now - 10, now + 5):
+        redis_server.client().set(DRAIN_KEY.format(queue="default", second=second), 1, ex=300)
+    assert api.post("/api/jobs", {"kind": "noop"})["Retry-After"] == "2"  # 2 over the low mark of 0 at 1/s
 
 
 def test_broker_down_gives_503_saying_so_never_500(api, small_limit, redis_server):

@@ -13,7 +13,7 @@ from .redis import REDIS_DOWN, client
 
 logger = logging.getLogger(__name__)
 
-DRAIN_KEY = "jobs:drained:{second}"
+DRAIN_KEY = "jobs:drained:{queue}:{second}"  # claims per queue per second; queue "*" counts every queue
 DRAIN_WINDOW = 10  # seconds of claims the drain rate is averaged over
 GATE_KEY = "jobs:gate:{queue}"
 SUBMISSIONS_KEY = "jobs:submissions"
@@ -22,23 +22,28 @@ REFUSED_BY_SCHEDULE_KEY = "jobs:schedules:refused"
 COUNTS_FLUSH_SECONDS = 0.25
 
 
-def drain_keys(now: float | None = None) -> list[str]:
-    """The per-second claim counters the drain rate is read from (the last DRAIN_WINDOW seconds)."""
+def drain_keys(queues: list[str], now: float | None = None) -> list[str]:
+    """The per-second claim counters the drain rates are read from: the last DRAIN_WINDOW seconds of each queue
+    in `queues`, queue by queue."""
     second = int(now if now is not None else time.time())
-    return [DRAIN_KEY.format(second=s) for s in range(second - DRAIN_WINDOW, second)]
+    return [DRAIN_KEY.format(queue=q, second=s) for q in queues for s in range(second - DRAIN_WINDOW, second)]
 
 
-def drain_rate(values: list) -> float:
-    return sum(int(x or 0) for x in values) / DRAIN_WINDOW
+def drain_rates(queues: list[str], values: list) -> dict[str, float]:
+    """Claims per second of each queue, from the values of drain_keys(queues)."""
+    return {q: sum(int(x or 0) for x in values[i * DRAIN_WINDOW:(i + 1) * DRAIN_WINDOW]) / DRAIN_WINDOW
+            for i, q in enumerate(queues)}
 
 
-def record_drained(count: int = 1) -> None:
-    """Workers count the jobs they claim: the drain rate Retry-After is computed from."""
-    key = DRAIN_KEY.format(second=int(time.time()))
+def record_drained(queue: str, count: int = 1) -> None:
+    """Workers count the jobs they claim, per queue and in all: the drain rates Retry-After is computed from."""
+    second = int(time.time())
     try:
         pipe = client().pipeline(transaction=False)
-        pipe.incrby(key, count)
-        pipe.expire(key, DRAIN_WINDOW * 3)
+        for name in (queue, "*"):
+            key = DRAIN_KEY.format(queue=name, second=second)
+            pipe.incrby(key, count)
+            pipe.expire(key, DRAIN_WINDOW * 3)
         pipe.execute()
     except REDIS_DOWN:
         pass  # a miss only makes Retry-After rounder

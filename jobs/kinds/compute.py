@@ -9,9 +9,10 @@ from ..registry import job_kind
 
 
 class StrictParams(BaseModel):
-    """Parameters refuse unknown fields, NaN and infinities: what is stored is what was meant."""
+    """Parameters refuse unknown fields, NaN and infinities, and values of another JSON type than their schema's
+    (strict: "5" is not an integer, nor is true): what is stored is what was meant."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class PrimesParams(StrictParams):

@@ -36,6 +36,7 @@ class QueueState:
     limit: int
     low_mark: int
     closed: bool  # refusing submissions until the depth falls below the low mark
+    drain_rate: float = 0.0  # jobs of this queue claimed per second over the last DRAIN_WINDOW seconds
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class Snapshot:
     total_depth: int
     total_limit: int
     total_closed: bool
-    drain_rate: float  # jobs claimed per second over the last DRAIN_WINDOW seconds
+    drain_rate: float  # jobs claimed per second over the last DRAIN_WINDOW seconds, all queues
     taken_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -54,17 +55,20 @@ class Snapshot:
     def refusal_for(self, queue: str | None) -> QueueState | None:
         """The queue state that refuses a submission to `queue`, or None when it is accepted."""
         if self.total_closed:
-            return QueueState("*", self.total_depth, self.total_limit, low_mark(self.total_limit), True)
+            return QueueState("*", self.total_depth, self.total_limit, low_mark(self.total_limit), True,
+                              self.drain_rate)
         state = self.queues.get(queue) if queue else None
         return state if state is not None and state.closed else None
 
-    def retry_after(self, state: QueueState) -> int:
-        """Seconds until the depth is likely below the low mark again, from the recent drain rate."""
-        longest = settings.JOBS_RETRY_AFTER_MAX
-        if self.drain_rate <= 0:
-            return max(1, longest)  # nothing drains: no estimate, so the longest wait
-        excess = max(1, state.depth - state.low_mark)
-        return max(1, min(longest, math.ceil(excess / self.drain_rate)))
+
+def retry_after(state: QueueState) -> int:
+    """Seconds until the refusing queue's depth is likely below its low mark again, from that queue's own
+    recent drain rate (another queue draining fast says nothing of this one)."""
+    longest = settings.JOBS_RETRY_AFTER_MAX
+    if state.drain_rate <= 0:
+        return max(1, longest)  # nothing drains: no estimate, so the longest wait
+    excess = max(1, state.depth - state.low_mark)
+    return max(1, min(longest, math.ceil(excess / state.drain_rate)))
 
 
 def low_mark(limit: int) -> int:
@@ -123,17 +127,17 @@ class _Gauge:
 def _read() -> Snapshot:
     queues = settings.JOBS_QUEUES
     gate_names = [*queues, "*"]
-    drain_keys = counters.drain_keys()
+    drain_keys = counters.drain_keys(gate_names)
     depths, values = read_depths(queues, keys=[*drain_keys, *map(counters.gate_key, gate_names)])
-    drained, gates = values[:len(drain_keys)], values[len(drain_keys):]
-    closed_before = {name: bool(value) for name, value in zip(gate_names, gates)}
-    states = {q: _gate(q, depths[q], queue_limit(q), closed_before[q]) for q in queues}
+    drains = counters.drain_rates(gate_names, values[:len(drain_keys)])
+    closed_before = {name: bool(value) for name, value in zip(gate_names, values[len(drain_keys):])}
+    states = {q: _gate(q, depths[q], queue_limit(q), closed_before[q], drains[q]) for q in queues}
     total = sum(depths.values())
-    total_state = _gate("*", total, settings.JOBS_QUEUE_LIMIT, closed_before["*"])
-    return Snapshot(states, total, settings.JOBS_QUEUE_LIMIT, total_state.closed, counters.drain_rate(drained))
+    total_state = _gate("*", total, settings.JOBS_QUEUE_LIMIT, closed_before["*"], drains["*"])
+    return Snapshot(states, total, settings.JOBS_QUEUE_LIMIT, total_state.closed, drains["*"])
 
 
-def _gate(queue: str, depth: int, limit: int, was_closed: bool) -> QueueState:
+def _gate(queue: str, depth: int, limit: int, was_closed: bool, drain_rate: float) -> QueueState:
     """Close at the limit, open again below the low mark: the gate does not flap around the limit."""
     low = low_mark(limit)
     closed = depth >= limit or (was_closed and depth >= low)
@@ -141,7 +145,7 @@ def _gate(queue: str, depth: int, limit: int, was_closed: bool) -> QueueState:
         counters.set_gate(queue, closed)
         logger.info("queue_gate queue=%s state=%s depth=%s limit=%s", queue, "closed" if closed else "open",
                     depth, limit)
-    return QueueState(queue, depth, limit, low, closed)
+    return QueueState(queue, depth, limit, low, closed, drain_rate)
 
 
 _gauge = _Gauge()
@@ -162,7 +166,7 @@ def admit(*, kind: JobKind) -> None:
     state = snap.refusal_for(kind.queue)
     if state is not None:
         refused("queue_full")
-        raise QueueFull(queue=state.name, depth=state.depth, limit=state.limit, retry_after=snap.retry_after(state))
+        raise QueueFull(queue=state.name, depth=state.depth, limit=state.limit, retry_after=retry_after(state))
 
 
 def accepted(*, kind: JobKind) -> None:

@@ -81,7 +81,7 @@ def job_claim(*, job_id: str, kind: JobKind, worker: str, wait_seconds: float | 
         return None
     emit("running", job_id=job_id, kind=kind.name, queue=kind.queue, attempt=attempt, wait_seconds=wait_seconds,
          worker=worker)
-    counters.record_drained()
+    counters.record_drained(kind.queue)
     return Claim(token=token, started_at=now, attempt=attempt)
 
 

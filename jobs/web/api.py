@@ -1,5 +1,6 @@
 """The JSON API (django-ninja): jobs, kinds and the queue, with OpenAPI at /api/openapi.json."""
 import json
+import re
 from dataclasses import asdict
 from datetime import datetime, timezone as dt_timezone
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from ninja.parser import Parser
 from ninja.security.base import AuthBase
 from ninja.utils import check_csrf
 from pydantic import ConfigDict, field_validator
+from pydantic.json_schema import models_json_schema
 
 from .. import selectors, services
 from ..infra.db import is_database_down
@@ -27,11 +29,18 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _json_number(text: str) -> float | int:
+    """A number with no fraction is an integer, as JSON Schema counts it (2.0 is a valid `integer`); models
+    are strict about types, so "2" and true are not."""
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
 class StrictJsonParser(Parser):
     """JSON bodies only, without NaN or Infinity (they are not JSON and no database stores them)."""
 
     def parse_body(self, request: HttpRequest):
-        return json.loads(request.body, parse_constant=_reject_constant)
+        return json.loads(request.body, parse_constant=_reject_constant, parse_float=_json_number)
 
 
 class TokenOrSession(AuthBase):
@@ -108,13 +117,68 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def _camel(name: str) -> str:
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", name) if part)
+
+
+def submission_schemas(job_in: dict) -> tuple[dict, dict]:
+    """The body of POST /api/jobs as generators and fuzzers should see it: one schema per kind (its `kind` a
+    single value, its `params` the kind's own schema), joined by a discriminator on `kind`.
+
+    Returns (the request body's schema, the components it refers to). At run time the body is still read as
+    JobIn and the kind's parameters validated by its model: the two describe the same input.
+    """
+    kinds = all_kinds()
+    ref_template = "#/components/schemas/{model}"
+    _, params_defs = models_json_schema([(k.params_model, "validation") for k in kinds], ref_template=ref_template)
+    components = dict(params_defs.get("$defs", {}))
+    common = {name: spec for name, spec in job_in["properties"].items() if name not in ("kind", "params")}
+    mapping = {}
+    for kind in kinds:
+        params_name = kind.params_model.__name__
+        name = f"Submit{_camel(kind.name)}"
+        required = ["kind"] + (["params"] if components.get(params_name, {}).get("required") else [])
+        components[name] = {
+            "type": "object", "title": name, "additionalProperties": False, "required": required,
+            "description": f"{kind.title}: {kind.description}" if kind.description else kind.title,
+            "properties": {"kind": {"type": "string", "const": kind.name}, "params": _ref(params_name), **common},
+        }
+        mapping[kind.name] = f"#/components/schemas/{name}"
+    body = {"oneOf": [{"$ref": ref} for ref in mapping.values()],
+            "discriminator": {"propertyName": "kind", "mapping": mapping}}
+    return body, components
+
+
+# Links from a submission to what can be done with the job it returns (OpenAPI 3 links: generated
+# documentation shows them, and stateful testing follows them).
+JOB_LINKS = {
+    "GetJob": {"operationId": "get_job", "parameters": {"job_id": "$response.body#/id"}},
+    "CancelJob": {"operationId": "cancel_job", "parameters": {"job_id": "$response.body#/id"}},
+    "RetryJob": {"operationId": "retry_job", "parameters": {"job_id": "$response.body#/id"}},
+}
+
+
 class JobsAPI(NinjaAPI):
     """The API, its schema declaring on every operation the errors that any request may get."""
+
+    def get_openapi_operation_id(self, operation) -> str:
+        """The view's name (`submit_job`), which generated clients use as the method's name."""
+        return operation.view_func.__name__
 
     def get_openapi_schema(self, *args, **kwargs):
         schema = super().get_openapi_schema(*args, **kwargs)
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(SHARED_SCHEMAS)
+        submit = schema["paths"]["/api/jobs"]["post"]
+        body, kind_components = submission_schemas(components.pop("JobIn"))
+        components.update(kind_components)
+        submit["requestBody"]["content"]["application/json"]["schema"] = body
+        for item in schema["paths"].values():
+            for operation in item.values():
+                for code, response in operation["responses"].items():
+                    if str(code) in ("200", "202") and response.get("content", {}).get(
+                            "application/json", {}).get("schema") == _ref("JobOut"):
+                        response["links"] = {name: link for name, link in JOB_LINKS.items()}
         components.setdefault("ErrorOut", {"type": "object", "title": "ErrorOut", "required": ["detail"],
                                            "properties": {"detail": {"title": "Detail"}}})
         for item in schema["paths"].values():
@@ -175,13 +239,24 @@ class ConflictOut(Schema):
 class JobIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
-    kind: str = Field(..., min_length=1, max_length=100, description="A kind from GET /api/kinds.")
+    # strict: a JSON number is not a kind, `true` is not a priority, and a number is not a time (the schema
+    # says string; pydantic's lax mode would read it as a Unix timestamp).
+    kind: str = Field(..., min_length=1, max_length=100, strict=True, description="A kind from GET /api/kinds.")
     params: dict[str, Any] = Field(default_factory=dict, description="The kind's parameters (its JSON schema).")
     idempotency_key: str | None = Field(
-        None, min_length=1, max_length=200, description="Sending the same key again returns the same job."
+        None, min_length=1, max_length=200, strict=True,
+        description="Sending the same key again returns the same job.",
     )
-    priority: int | None = Field(None, ge=0, le=9, description="0 (lowest) to 9 (highest); the kind's default if absent.")
+    priority: int | None = Field(None, ge=0, le=9, strict=True,
+                                 description="0 (lowest) to 9 (highest); the kind's default if absent.")
     run_at: datetime | None = Field(None, description="Not before this time (ISO 8601; UTC if no offset).")
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def time_as_text(cls, value):
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a date-time string (ISO 8601)")
+        return value
 
     @field_validator("kind", "idempotency_key", "params")
     @classmethod
@@ -342,6 +417,7 @@ class QueueOut(Schema):
     limit: int
     low_mark: int
     accepting: bool
+    drain_rate: float = Field(..., description="Jobs of this queue started per second, averaged over the last 10 s.")
 
 
 class QueuesOut(Schema):
@@ -364,7 +440,8 @@ def queue_state(request):
         "total_depth": snap.total_depth,
         "limit": snap.total_limit,
         "drain_rate": snap.drain_rate,
-        "queues": [QueueOut(name=q.name, depth=q.depth, limit=q.limit, low_mark=q.low_mark, accepting=not q.closed)
+        "queues": [QueueOut(name=q.name, depth=q.depth, limit=q.limit, low_mark=q.low_mark, accepting=not q.closed,
+                           drain_rate=q.drain_rate)
                    for q in snap.queues.values()],
         "submissions": selectors.submission_counts(),
     }

@@ -207,7 +207,7 @@ def _fill_queue(redis_server, settings, *, queue="cpu", depth=6, limit=3):
     client.rpush(broker_list_names(queue)[0], *[b"placeholder"] * depth)
     now = int(time.time())
     for second in range(now - 10, now + 120):
-        client.set(DRAIN_KEY.format(second=second), 1000, ex=300)
+        client.set(DRAIN_KEY.format(queue="*", second=second), 1000, ex=300)
     return client
 
 
