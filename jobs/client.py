@@ -80,11 +80,20 @@ class JobsClient:
     def retry(self, job_id: str) -> dict:
         return self._request("POST", f"/api/jobs/{job_id}/retry")
 
-    def wait(self, job_id: str, *, timeout: float = 300.0, poll: float = 0.5) -> dict:
-        """Poll until the job finishes; raises DeadlineExceeded when it has not within `timeout`."""
+    def wait(self, job_id: str, *, timeout: float = 300.0, poll: float = 0.5,
+             on_change: Callable[[dict], None] | None = None) -> dict:
+        """Poll until the job finishes; raises DeadlineExceeded when it has not within `timeout`.
+
+        `on_change(job)` is called whenever its status, attempt or progress moved since the last poll.
+        """
         end = time.monotonic() + timeout
+        seen = None
         while True:
             job = self.get(job_id)
+            state = (job["status"], job["attempts"], job["progress"]["done"], job["progress"]["message"])
+            if on_change is not None and state != seen:
+                on_change(job)
+            seen = state
             if job["status"] in FINISHED:
                 return job
             if time.monotonic() + poll > end:
@@ -153,6 +162,23 @@ def parse_param(text: str) -> tuple[str, Any]:
         return key, value
 
 
+def describe(job: dict) -> str:
+    """One line on where a job stands: its id, status, attempt and progress, and a failure's error."""
+    progress = job["progress"]
+    parts = [f"job {job['id']} {job['status']}"]
+    if job["attempts"] > 1 or job["status"] in ("retrying", "failed"):
+        parts.append(f"(attempt {job['attempts']} of {job['attempt_limit']})")
+    if progress["total"]:
+        where = f"{progress['done']:,} of {progress['total']:,} ({progress['percent']}%)"
+        parts.append(("at " if job["status"] == "failed" else "") + where)
+    if progress["message"]:
+        parts.append(f"- {progress['message']}")
+    line = " ".join(parts)
+    if job["status"] in ("failed", "retrying") and job.get("error"):
+        line += f": {job['error']}"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.client", description="Submit and follow jobs.")
     parser.add_argument("--url", default=os.environ.get("JOBS_API_URL", "http://127.0.0.1:8000"))
@@ -178,7 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             job = client.submit(args.kind, dict(args.param), idempotency_key=args.idempotency_key,
                                 priority=args.priority)
             if args.wait and job["status"] not in FINISHED:
-                job = client.wait(job["id"], timeout=args.wait_timeout)
+                # As it goes, on stderr: standard output keeps only the final job, for scripts to read.
+                job = client.wait(job["id"], timeout=args.wait_timeout,
+                                  on_change=lambda current: print(describe(current), file=sys.stderr, flush=True))
+            elif args.wait:
+                print(describe(job), file=sys.stderr)
         elif args.command == "status":
             job = client.get(args.job_id)
         elif args.command == "cancel":
@@ -189,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(job, indent=2))
+    if job["status"] == "failed" and not args.wait:
+        print(describe(job), file=sys.stderr)
     return 0 if job["status"] != "failed" else 1
 
 

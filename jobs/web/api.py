@@ -295,7 +295,7 @@ class JobOut(Schema):
     finished_at: datetime | None
     cancelled_at: datetime | None
     next_attempt_at: datetime | None
-    result: Any = None
+    result: Any = Field(None, description="What a succeeded job returned; null otherwise (see `error`).")
 
     @staticmethod
     def resolve_owner(job: Job):
@@ -328,7 +328,8 @@ class JobFilters(Schema):
 
 
 def _with_result(job: Job) -> Job:
-    if job.status in (Job.Status.SUCCEEDED, Job.Status.FAILED):
+    """A succeeded job's return value; a failed job has none (`error` says why it failed)."""
+    if job.status == Job.Status.SUCCEEDED:
         job.result_value = selectors.job_result_value(job=job)
     return job
 

@@ -88,3 +88,25 @@ def test_cli_submits_waits_and_shows_status(live_server, user, live_worker, caps
     assert json.loads(capsys.readouterr().out)["id"] == job["id"]
     assert main([*base, "cancel", job["id"]]) == 2
     assert "409" in capsys.readouterr().err
+
+
+def test_cli_wait_tells_progress_as_it_goes_and_a_failures_error(live_server, user, live_worker, capsys):
+    token = api_token_create(user=user)[1]
+    base = ["--url", live_server.url, "--token", token]
+    assert main([*base, "submit", "steps", "-p", "steps=4", "-p", "step_seconds=0.3", "--wait"]) == 0
+    out, err = capsys.readouterr()
+    job = json.loads(out)
+    lines = err.splitlines()
+    assert lines[0].startswith(f"job {job['id']} ")  # the id first, as soon as it is known
+    assert any("running" in line and " of 4 " in line for line in lines), err  # progress as it goes
+    assert lines[-1] == f"job {job['id']} succeeded 4 of 4 (100%) - step 4 of 4"
+
+    assert main([*base, "submit", "steps", "-p", "steps=3", "-p", "step_seconds=0", "-p", "fail_at_step=2",
+                 "--wait"]) == 1
+    out, err = capsys.readouterr()
+    failed = json.loads(out)
+    assert failed["status"] == "failed" and failed["result"] is None
+    last = err.splitlines()[-1]
+    assert last == (f"job {failed['id']} failed (attempt 3 of 3) at 1 of 3 (33%) - step 1 of 3: "
+                    f"StepFailed: told to fail at step 2 (attempt 3)"), err
+    assert "exc_type" not in err + out
