@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench setup setup-dev clean
+.PHONY: run test test-django6 bench setup setup-dev clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,4 +35,20 @@ bench: $(VENV)/.installed-bench
 	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) $(VENV6) var
+
+# Django's task API on Django 6.0 (Python 3.12+): the backend's tests run again in a venv of their own.
+DJANGO6_PYTHON ?= python3.12
+DJANGO6_VERSION := 6.0.10
+VENV6 := .venv-django6
+$(VENV6)/.installed: requirements.txt requirements-dev.txt
+	$(DJANGO6_PYTHON) -m venv $(VENV6)
+	$(VENV6)/bin/python -m pip install --quiet --upgrade pip
+	mkdir -p var
+	sed 's/^Django==.*/Django==$(DJANGO6_VERSION)/' requirements.txt > var/requirements-django6.txt
+	grep -v '^-r' requirements-dev.txt >> var/requirements-django6.txt
+	$(VENV6)/bin/python -m pip install --quiet -r var/requirements-django6.txt
+	touch $@
+
+test-django6: $(VENV6)/.installed
+	$(VENV6)/bin/python -m pytest tests/test_task_backend.py tests/integration/test_django_task_api.py $(PYTEST_ARGS)

@@ -2,6 +2,8 @@
 tasks, hang the admin on, and keep cached token lookups honest."""
 from importlib import import_module
 
+from django.utils.module_loading import autodiscover_modules
+
 from django.apps import AppConfig
 
 
@@ -21,6 +23,9 @@ class JobsConfig(AppConfig):
 
         for module in settings.JOBS_KIND_MODULES:
             import_module(module)
+        # Each app's tasks module, as Celery's autodiscovery does in workers: its `@task` functions become
+        # kinds in every process, so that the dashboard and the API know them too.
+        autodiscover_modules("tasks")
         tasks.register_kind_tasks()
 
         # Cached token lookups must not outlive a revoked token or a deactivated user.

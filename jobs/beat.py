@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 
 import redis
 from django_celery_beat.schedulers import DatabaseScheduler
 
+from . import services
 from .infra.redis import client
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class SingleBeatScheduler(DatabaseScheduler):
             held = False
         if held and not self._leader:
             logger.info("beat lock taken: this beat dispatches (%s)", self._token)
+            self._catch_up()
             # Start from the database's schedule, where the previous leader recorded its last runs.
             self._initial_read = True
             self._heap = None
@@ -73,6 +76,20 @@ class SingleBeatScheduler(DatabaseScheduler):
             logger.warning("beat lock lost: this beat stops dispatching (%s)", self._token)
         self._leader = held
         return held
+
+    def _catch_up(self) -> None:
+        """Runs missed while no beat dispatched: counted, and each user schedule's catch-up policy applied."""
+        try:
+            services.schedules_catch_up()
+        except Exception:  # noqa: BLE001 - the database may be down: beat then runs what is due, once each
+            logger.exception("could not check the schedules for missed runs")
+
+    def apply_async(self, entry, producer=None, advance=True, **kwargs):
+        result = super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+        # Kept in Redis at each send: the database's last_run_at is written only every sync_every seconds, and the
+        # next beat to lead starts from the later of the two (neither repeating nor miscounting runs).
+        services.schedule_dispatched(name=entry.name, at=time.time())
+        return result
 
     def schedule_changed(self):
         # django-celery-beat compares the change stamp with the one it saw last, and so misses the

@@ -1,4 +1,5 @@
-"""The platform's tables: jobs, their failed attempts, API tokens and statistics rollups."""
+"""The platform's tables: jobs, their failed attempts, API tokens, statistics rollups, paused queues and the audit
+log."""
 import uuid
 from datetime import timedelta
 
@@ -19,20 +20,25 @@ class JobQuerySet(models.QuerySet):
     def due(self, now=None):
         """Jobs waiting for a message: queued ones whose run_at has come, and retrying ones whose run was lost."""
         now = now or timezone.now()
-        return self.filter(published_at__isnull=True).filter(
+        return self.filter(published_at__isnull=True, tracked=False).filter(
             Q(status=Job.Status.QUEUED, run_at__lte=now) | Q(status=Job.Status.RETRYING, next_attempt_at__lte=now))
 
     def stale_queued(self, older_than):
         """Jobs published before `older_than` that no worker has claimed yet."""
-        return self.filter(status__in=[Job.Status.QUEUED, Job.Status.RETRYING], published_at__lt=older_than)
+        return self.filter(status__in=[Job.Status.QUEUED, Job.Status.RETRYING], published_at__lt=older_than,
+                           tracked=False)
 
     def running_past_lease(self, now=None):
         """Running jobs whose worker stopped renewing their lease: it died, or lost the database."""
-        return self.filter(status=Job.Status.RUNNING, lease_expires_at__lt=now or timezone.now())
+        return self.filter(status=Job.Status.RUNNING, lease_expires_at__lt=now or timezone.now(), tracked=False)
 
     def run_by(self, worker: str, job_ids):
         """Of `job_ids`, the running jobs that `worker` claimed."""
-        return self.filter(pk__in=list(job_ids), status=Job.Status.RUNNING, worker=worker)
+        return self.filter(pk__in=list(job_ids), status=Job.Status.RUNNING, worker=worker, tracked=False)
+
+    def not_paused(self):
+        """Jobs of queues that are not paused: those of a paused queue wait for its resume."""
+        return self.exclude(queue__in=QueuePause.objects.values("queue"))
 
 
 class Job(models.Model):
@@ -55,7 +61,7 @@ class Job(models.Model):
             return [cls.QUEUED, cls.RETRYING]
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    kind = models.CharField(max_length=100)
+    kind = models.CharField(max_length=200, help_text="A job kind, or a Django task's module path.")
     params = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     owner = models.ForeignKey(
@@ -97,6 +103,9 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a retrying job runs again.")
+    tracked = models.BooleanField(
+        default=False, help_text="A plain Celery task, recorded as Celery runs it (JOBS_TRACK_CELERY_TASKS): it "
+        "keeps Celery's semantics, not the platform's claim and one-result guarantees.")
 
     objects = JobQuerySet.as_manager()
 
@@ -121,6 +130,13 @@ class Job(models.Model):
             ),
             models.CheckConstraint(condition=Q(priority__lte=9), name="job_priority_0_9"),
             models.CheckConstraint(condition=Q(attempts__lte=F("attempt_limit")), name="job_attempts_within_limit"),
+        ]
+        # Operators' actions beyond a user's own jobs (README, "Operations", suggests groups of them).
+        permissions = [
+            ("pause_queue", "Can pause and resume queues"),
+            ("bulk_retry", "Can retry many jobs at once, by filter"),
+            ("bulk_cancel", "Can cancel many jobs at once, by filter"),
+            ("view_audit", "Can read the audit log of operators' actions"),
         ]
 
     def __str__(self):
@@ -165,6 +181,8 @@ class JobError(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="errors")
     attempt = models.PositiveIntegerField()
     error = models.TextField()
+    exception_class = models.CharField(max_length=300, blank=True, default="",
+                                       help_text="The exception's import path, when the run raised one.")
     traceback = models.TextField(blank=True, default="")
     worker = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
@@ -319,3 +337,65 @@ class RollupWatermark(models.Model):
 
     def __str__(self):
         return f"{self.name} up to {self.finished_at}"
+
+
+class QueuePause(models.Model):
+    """A paused queue: workers take none of its jobs (running ones finish) until it is resumed. Submissions are
+    still accepted, up to the queue's limit. The row is the truth that every worker, also one started later,
+    reads; its absence means the queue runs."""
+
+    queue = models.CharField(max_length=64, unique=True)
+    paused_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                  related_name="+")
+    paused_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["queue"]
+
+    def __str__(self):
+        return f"{self.queue} paused since {self.paused_at:%Y-%m-%d %H:%M:%S}"
+
+
+class AuditEntry(models.Model):
+    """One operator's action: who did what, to which target or filter, to how many jobs, and when."""
+
+    class Action(models.TextChoices):
+        QUEUE_PAUSE = "queue_pause", "Paused a queue"
+        QUEUE_RESUME = "queue_resume", "Resumed a queue"
+        JOB_RETRY = "job_retry", "Retried a job"
+        JOB_CANCEL = "job_cancel", "Cancelled a job"
+        BULK_RETRY = "bulk_retry", "Retried jobs by filter"
+        BULK_CANCEL = "bulk_cancel", "Cancelled jobs by filter"
+        TOKEN_REVOKE = "token_revoke", "Revoked an API token"
+        SCHEDULE_CREATE = "schedule_create", "Created a schedule"
+        SCHEDULE_CHANGE = "schedule_change", "Changed a schedule"
+        SCHEDULE_DELETE = "schedule_delete", "Deleted a schedule"
+        SCHEDULE_PAUSE = "schedule_pause", "Paused a schedule"
+        SCHEDULE_RESUME = "schedule_resume", "Resumed a schedule"
+        SCHEDULE_RUN = "schedule_run", "Ran a schedule now"
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                              related_name="audit_entries")
+    actor_name = models.CharField(max_length=150, blank=True, default="",
+                                  help_text="The actor's username then: kept when the user is renamed or deleted.")
+    action = models.CharField(max_length=32, choices=Action.choices)
+    target = models.CharField(max_length=300, blank=True, default="",
+                              help_text="What was acted on, as type:id (queue:cpu, job:<id>, token:<prefix>, "
+                                        "schedule:<name>); empty for a bulk action, which has a filter.")
+    filter = models.JSONField(default=dict, blank=True, help_text="A bulk action's filter, as given.")
+    count = models.PositiveIntegerField(null=True, blank=True,
+                                        help_text="How many jobs it changed (bulk: so far, batch by batch).")
+    detail = models.JSONField(default=dict, blank=True, help_text="More about it: a bulk action's matched count.")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [
+            models.Index(fields=["-at", "-id"], name="audit_at_idx"),
+            models.Index(fields=["action", "-at"], name="audit_action_at_idx"),
+            models.Index(fields=["actor", "-at"], name="audit_actor_at_idx"),
+            models.Index(fields=["target", "-at"], name="audit_target_at_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor_name or '-'} {self.action} {self.target}"

@@ -29,6 +29,8 @@ class JobKind:
     inline: bool = False
     terminable: bool = False
     on_submit: Callable[[Any, dict], None] | None = None
+    # The Django task (`@task`) this kind runs, when it is one (jobs.task_backend registers those).
+    task: Any = None
 
     @property
     def task_name(self) -> str:
@@ -103,12 +105,21 @@ def job_kind(
             terminable=terminable,
             on_submit=on_submit,
         )
-        if name in _registry and _registry[name].func is not func:
-            raise ValueError(f"job kind {name!r} is registered twice")
-        _registry[name] = kind
+        register(kind)
         return func
 
     return decorate
+
+
+def register(kind: JobKind) -> JobKind:
+    """Add a kind to the registry; the same kind again is a no-op, another one under its name an error."""
+    known = _registry.get(kind.name)
+    same_task = known is not None and known.task is not None and kind.task is not None and \
+        known.task.func is kind.task.func
+    if known is not None and known.func is not kind.func and not same_task:
+        raise ValueError(f"job kind {kind.name!r} is registered twice")
+    _registry.setdefault(kind.name, kind)
+    return _registry[kind.name]
 
 
 def get_kind(name: str) -> JobKind | None:

@@ -1,21 +1,26 @@
 """Reads: job lists and lookups scoped to the user, for views, the API and the admin."""
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection
-from django.db.models import F, Q, QuerySet, Value
-from django.db.models.functions import Concat
+from django.db.models import F, Q, QuerySet, TextField, Value
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Concat
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
 from .aggregation import WATERMARK, Summary
 from .infra import broker, counters
-from .models import ApiToken, Job, JobError, JobHourRollup, JobMinuteRollup, RollupWatermark, Worker
-from .services import admission
+from .models import (ApiToken, Follow, Job, JobError, JobHourRollup, JobMinuteRollup, RollupWatermark, TimelineEntry,
+                     Worker)
+from .services import admission, schedules
 from .services.admission import Snapshot
 
 
@@ -40,6 +45,14 @@ def job_get(*, user, job_id) -> Job | None:
 
 def job_result(*, job: Job) -> TaskResult | None:
     return TaskResult.objects.filter(task_id=str(job.id)).first()
+
+
+def job_by_id(*, job_id) -> Job | None:
+    """Any job by its id, with its failed attempts (for Django's TaskResult, which has no owner to check)."""
+    try:
+        return Job.objects.prefetch_related("errors").filter(pk=job_id).first()
+    except (ValueError, ValidationError):
+        return None
 
 
 def job_result_value(*, job: Job):
@@ -74,12 +87,18 @@ class JobPage:
     jobs: list[Job]
     older: str | None
     newer: str | None
+    # A search by parameter or error text read the jobs down to here, and "older" continues below (None: it
+    # read to the end, or it was no such search).
+    searched_to: datetime | None = None
 
 
 def job_cursor(job: Job) -> str:
     """A position in the (created_at, id) order, exact to the microsecond."""
-    micros = (job.created_at - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros}.{job.id.hex}"
+    return _cursor(job.created_at, job.id)
+
+
+def _cursor(at: datetime, pk: uuid.UUID) -> str:
+    return f"{(at - _EPOCH) // timedelta(microseconds=1)}.{pk.hex}"
 
 
 def _parse_cursor(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
@@ -104,16 +123,54 @@ def job_id_prefix_range(text: str) -> tuple[uuid.UUID, uuid.UUID] | None:
     return uuid.UUID(hex=digits.ljust(32, "0")), uuid.UUID(hex=digits.ljust(32, "f"))
 
 
+# A search by parameter or error text reads at most this many of the newest jobs (under the page's other filters)
+# for each page: no index finds a substring, and this bounds what a page costs at any table size (bench_dashboard).
+# When fewer matches than a page turn up, "older" carries the search on below the jobs it read.
+SEARCH_SCAN_ROWS = 5_000
+
+
+def job_text_filter(*, param: str | None = None, error: str | None = None) -> Q | None:
+    """The jobs whose parameters match `param` ("key=value": that key's value, exactly; anything else: a
+    substring of the parameters' JSON, any case) and whose error holds `error` (any case); None for neither."""
+    condition = Q()
+    if param:
+        key, sep, value = param.partition("=")
+        if sep and key.strip():
+            condition &= Q(param_value=value.strip())
+        else:
+            # JSON text escapes what is not ASCII (SQLite stores it so): look for either spelling.
+            escaped = json.dumps(param)[1:-1]
+            condition &= Q(params_text__icontains=param) | Q(params_text__icontains=escaped)
+    if error:
+        condition &= Q(error__icontains=error)
+    return condition if condition else None
+
+
+def _with_text_fields(qs: QuerySet, param: str | None) -> QuerySet:
+    """The annotations job_text_filter's conditions name."""
+    key, sep, _ = (param or "").partition("=")
+    if sep and key.strip():
+        # One key, taken whole (a key holding "__" is not a path), compared as text: 5000 and "5000" alike.
+        return qs.alias(param_value=Cast(KeyTextTransform(key.strip(), "params"), output_field=TextField()))
+    return qs.alias(params_text=Cast("params", output_field=TextField())) if param else qs
+
+
 def job_page(*, user, status: str | None = None, kind: str | None = None, id_prefix: str | None = None,
+             param: str | None = None, error: str | None = None,
              older_than: str | None = None, newer_than: str | None = None,
              size: int = DASHBOARD_PAGE_SIZE) -> JobPage:
     """A page of the user's jobs, newest first, by keyset on (created_at, id): no OFFSET, no COUNT.
 
-    A search (an id prefix of SEARCH_MIN_DIGITS hex digits or more) gives one page of matches.
+    A search (an id prefix of SEARCH_MIN_DIGITS hex digits or more) gives one page of matches. A search by
+    parameter or error text reads SEARCH_SCAN_ROWS jobs at most, and says how far it read.
     """
+    text = job_text_filter(param=param, error=error)
     if id_prefix:
-        return JobPage(_job_search(user=user, status=status, kind=kind, id_prefix=id_prefix, size=size), None, None)
+        return JobPage(_job_search(user=user, status=status, kind=kind, id_prefix=id_prefix, size=size, text=text,
+                                   param=param), None, None)
     qs = job_list(user=user, status=status, kind=kind).only(*JOB_ROW_FIELDS)
+    if text is not None:
+        return _job_text_search(qs, text=text, param=param, older_than=older_than, size=size)
     after, before = _parse_cursor(older_than), _parse_cursor(newer_than)
     if before is not None and after is None:
         at, pk = before
@@ -133,7 +190,32 @@ def job_page(*, user, status: str | None = None, kind: str | None = None, id_pre
                    job_cursor(jobs[0]) if jobs and after is not None else None)
 
 
-def _job_search(*, user, status, kind, id_prefix: str, size: int) -> list[Job]:
+def _job_text_search(qs: QuerySet, *, text: Q, param: str | None, older_than: str | None, size: int) -> JobPage:
+    """Matches among the next SEARCH_SCAN_ROWS jobs of `qs` below the cursor, as a range of created_at that the
+    page's index serves: each page reads that many rows at most, however rare the matches."""
+    after = _parse_cursor(older_than)
+    window = qs
+    if after is not None:
+        at, pk = after
+        window = window.filter(Q(created_at__lte=at), Q(created_at__lt=at) | Q(id__lt=pk))
+    # Only created_at: the index holds it, so finding the window's end reads no row of the table.
+    edge = list(window.order_by("-created_at").values_list("created_at", flat=True)[SEARCH_SCAN_ROWS - 1:
+                                                                                    SEARCH_SCAN_ROWS])
+    scan = window.filter(created_at__gte=edge[0]) if edge else window
+    rows = list(_with_text_fields(scan, param).filter(text)[: size + 1])
+    jobs = rows[:size]
+    if len(rows) > size:
+        return JobPage(jobs, job_cursor(jobs[-1]), None)
+    if not edge:
+        return JobPage(jobs, None, None)
+    # The window is read, down to its oldest instant and all of that instant's jobs: the next page starts below it
+    # (the instant's smallest id puts every job of the instant above the cursor).
+    smallest = window.filter(created_at=edge[0]).order_by("id").values_list("id", flat=True).first()
+    return JobPage(jobs, _cursor(edge[0], smallest), None, searched_to=edge[0])
+
+
+def _job_search(*, user, status, kind, id_prefix: str, size: int, text: Q | None = None,
+                param: str | None = None) -> list[Job]:
     bounds = job_id_prefix_range(id_prefix)
     if bounds is None:
         return []
@@ -149,6 +231,8 @@ def _job_search(*, user, status, kind, id_prefix: str, size: int) -> list[Job]:
         qs = qs.filter(status_key=status)
     if kind:
         qs = qs.filter(kind_key=kind)
+    if text is not None:
+        qs = _with_text_fields(qs, param).filter(text)
     return list(qs.order_by("-created_at", "-id")[:size])
 
 
@@ -187,6 +271,7 @@ class QueueOverview:
     snapshot: Snapshot | None  # None when the broker does not answer
     broker_error: str
     workers: list[Worker]  # online: their heartbeat is recent
+    broker: str = ""  # which broker: "redis", "rabbitmq" or "sqs" (whose depths are approximate)
 
     def workers_per_queue(self) -> dict[str, int]:
         per_queue: dict[str, int] = {}
@@ -207,7 +292,7 @@ def queue_overview(*, max_age: float | None = None, workers: bool = True) -> Que
         snap, error = admission.queue_snapshot(max_age=max_age), ""
     except admission.BrokerUnavailable as exc:
         snap, error = None, str(exc)
-    return QueueOverview(snap, error, workers_online() if workers else [])
+    return QueueOverview(snap, error, workers_online() if workers else [], broker.broker_kind())
 
 
 def submission_counts() -> dict[str, int]:
@@ -296,3 +381,199 @@ def job_stats(*, window: str = "hour", now: datetime | None = None) -> JobStats:
 def periodic_counters() -> dict[str, dict[str, int]]:
     """What recovery and user schedules did since Redis started: events, and refused runs per schedule."""
     return counters.event_counts()
+
+
+# --- User schedules -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A user schedule as the schedules page and the API show it."""
+
+    task: PeriodicTask
+    kind: str
+    params: dict
+    owner: str | None  # who its jobs run as
+    catch_up: str
+    every_seconds: float | None  # an interval schedule's period
+    crontab: str | None  # a crontab schedule's five fields
+    crontab_timezone: str | None  # the time zone its crontab is read in
+    last_run_at: datetime | None
+    next_run_at: datetime | None
+    missed_runs: int
+    refused_runs: int
+    may_manage: bool
+
+    @property
+    def id(self) -> int:
+        return self.task.pk
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def enabled(self) -> bool:
+        return self.task.enabled
+
+    @property
+    def overdue(self) -> bool:
+        """Due a while ago and not sent: no beat is running (or it cannot reach the database)."""
+        return self.next_run_at is not None and timezone.now() - self.next_run_at > SCHEDULE_OVERDUE_AFTER
+
+
+# Beat looks at the schedules at least every few seconds: a run later than this has not been sent.
+SCHEDULE_OVERDUE_AFTER = timedelta(seconds=30)
+
+
+def _schedule_rows(*, user, pk: int | None = None) -> list[tuple[PeriodicTask, schedules.ScheduledJob]]:
+    qs = PeriodicTask.objects.filter(task=schedules.SCHEDULED_JOB_TASK).select_related(
+        "interval", "crontab", "clocked", "solar").order_by("name")
+    if pk is not None:
+        qs = qs.filter(pk=pk)
+    if not user.is_staff:
+        # kwargs is JSON text: narrow in the database, decide on the decoded value.
+        qs = qs.filter(kwargs__contains=json.dumps(user.get_username()))
+    rows = []
+    for task in qs:
+        job = schedules.scheduled_job(task)
+        if job is not None and schedules.may_see_schedule(user, task, job):
+            rows.append((task, job))
+    return rows
+
+
+def _schedule_info(task: PeriodicTask, job, counts: dict, user, now: datetime) -> ScheduleInfo:
+    last = schedules.beat_last_run(task, counts.get("sent"))
+    if last is None and counts.get("sent") is not None:
+        last = datetime.fromtimestamp(counts["sent"], dt_timezone.utc)  # paused since: the last send is still news
+    crontab = task.crontab if task.crontab_id else None
+    every = (timedelta(**{task.interval.period: task.interval.every}).total_seconds() if task.interval_id else None)
+    return ScheduleInfo(
+        task=task, kind=job.kind, params=job.params, owner=job.owner, catch_up=job.catch_up, every_seconds=every,
+        crontab=" ".join(getattr(crontab, f) for f in schedules.CRONTAB_FIELDS) if crontab else None,
+        crontab_timezone=str(crontab.timezone) if crontab else None,
+        last_run_at=last,
+        next_run_at=schedules.next_run_at(task, last_run=schedules.beat_last_run(task, counts.get("sent")), now=now),
+        missed_runs=counts.get("missed", 0), refused_runs=counts.get("refused", 0),
+        may_manage=schedules.may_manage_schedule(user, task, job),
+    )
+
+
+def schedule_list(*, user, now: datetime | None = None) -> list[ScheduleInfo]:
+    """The user's schedules (staff: every user schedule), by name, with their last and next runs."""
+    rows = _schedule_rows(user=user)
+    counts = counters.schedule_counts([task.name for task, _ in rows])
+    now = now or timezone.now()
+    return [_schedule_info(task, job, counts[task.name], user, now) for task, job in rows]
+
+
+def schedule_get(*, user, schedule_id) -> ScheduleInfo | None:
+    """One schedule if the user may see it; None otherwise (another user's schedule does not exist for them)."""
+    try:
+        pk = int(schedule_id)
+    except (TypeError, ValueError):
+        return None
+    rows = _schedule_rows(user=user, pk=pk) if 0 < pk < 2**63 else []
+    if not rows:
+        return None
+    task, job = rows[0]
+    return _schedule_info(task, job, counters.schedule_counts([task.name])[task.name], user, timezone.now())
+
+
+@dataclass(frozen=True)
+class ScheduleRuns:
+    """A schedule's recent runs: the jobs it submitted, and the runs that made no job."""
+
+    jobs: list[Job]  # newest first
+    refused: list[dict]  # {at, reason}: back pressure refused the run
+    invalid: list[dict]  # {at, reason}: its kind, parameters or owner no longer fit
+    missed: list[dict]  # {at, missed, since, until, policy}: no beat ran at its times
+
+
+SCHEDULE_RUNS_SHOWN = 50
+SCHEDULE_RUN_FIELDS = ("id", "kind", "status", "owner_id", "idempotency_key", "error", "created_at", "started_at",
+                       "finished_at", "attempts", "attempt_limit", "progress_done", "progress_total")
+
+
+def schedule_runs(*, user, schedule: ScheduleInfo, limit: int = SCHEDULE_RUNS_SHOWN) -> ScheduleRuns:
+    """The jobs the schedule submitted (by its name), newest first, and its refused, invalid and missed runs."""
+    jobs = Job.objects.visible_to(user).filter(schedule_name=schedule.name[:200]).only(*SCHEDULE_RUN_FIELDS)
+    log = counters.schedule_log(schedule.name)
+
+    def when(event: dict, *keys: str) -> dict:
+        return {**event, **{k: datetime.fromtimestamp(event[k], dt_timezone.utc) for k in keys if k in event}}
+
+    return ScheduleRuns(
+        jobs=list(jobs.order_by("-created_at", "-id")[:limit]),
+        refused=[when(e, "at") for e in log if e.get("event") == "refused"],
+        invalid=[when(e, "at") for e in log if e.get("event") == "invalid"],
+        missed=[when(e, "at", "since", "until") for e in log if e.get("event") == "missed"],
+    )
+
+
+def schedule_run_trigger(job: Job) -> str:
+    """"beat" for a run beat sent, "run now" for one a person asked for."""
+    return "beat" if (job.idempotency_key or "").startswith("schedule:") else "run now"
+
+
+# --- Timelines (the fan-out kind) ------------------------------------------------------
+
+TIMELINE_SHOWN = 50
+FOLLOWERS_SHOWN = 20
+
+
+def timeline_entries(*, reader_id: int, limit: int = TIMELINE_SHOWN) -> list[TimelineEntry]:
+    """What one reader's timeline shows, newest first."""
+    return list(TimelineEntry.objects.filter(reader_id=reader_id).order_by("-created_at", "-id")[:limit])
+
+
+def may_read_timeline(*, user, reader_id: int) -> bool:
+    """Your own timeline, your followers' (where your posts go), and anyone's for staff."""
+    return (user.is_staff or reader_id == user.pk
+            or Follow.objects.filter(author_id=user.pk, follower_id=reader_id).exists())
+
+
+@dataclass(frozen=True)
+class Followers:
+    count: int
+    first: list[int]  # the first FOLLOWERS_SHOWN follower ids
+
+
+def followers_of(*, author_id: int, limit: int = FOLLOWERS_SHOWN) -> Followers:
+    follows = Follow.objects.filter(author_id=author_id)
+    return Followers(follows.count(), list(follows.order_by("follower_id").values_list("follower_id", flat=True)[:limit]))
+
+
+@dataclass(frozen=True)
+class PostDelivery:
+    """How far a post's fan-out has gone: followers' timelines written, of how many."""
+
+    job: Job
+    author_id: int
+    delivered: int
+    followers: int
+
+    @property
+    def percent(self) -> int:
+        if self.job.status == Job.Status.SUCCEEDED:
+            return 100
+        return min(100, int(100 * self.delivered / self.followers)) if self.followers else 0
+
+
+def post_delivery(*, user, post_id) -> PostDelivery | None:
+    """A fan-out post's delivery, for the user who posted it, its author, or staff; None otherwise.
+
+    Read from the job's progress (written by each batch, at most once a second): counting the timeline rows of
+    one post would read the whole timeline table, which no index orders by post."""
+    try:
+        pk = uuid.UUID(str(post_id))
+    except ValueError:
+        return None
+    job = Job.objects.filter(pk=pk, kind="fan_out").first()
+    if job is None:
+        return None
+    author_id = job.params.get("author_id")
+    if not (user.is_staff or job.owner_id == user.pk or author_id == user.pk):
+        return None
+    followers = job.progress_total or Follow.objects.filter(author_id=author_id).count()
+    return PostDelivery(job, author_id, job.progress_done, followers)

@@ -6,10 +6,12 @@ import logging
 import os
 import threading
 import time
+from datetime import datetime, timedelta, timezone as dt_timezone
 
 from billiard.exceptions import WorkerLostError
 from celery import Task, current_app, shared_task
-from celery.signals import task_postrun, task_prerun, worker_ready, worker_shutdown
+from celery.signals import (before_task_publish, task_failure, task_postrun, task_prerun, task_received, task_retry,
+                            task_revoked, task_success, worker_ready, worker_shutdown)
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
@@ -30,7 +32,7 @@ AGGREGATE_TASK = "jobs.periodic.aggregate_job_stats"
 RECOVER_TASK = "jobs.periodic.recover_lost_jobs"
 RETENTION_TASK = "jobs.periodic.apply_retention"
 # The task a user schedule runs: it submits one job of the kind named in its kwargs.
-SCHEDULED_JOB_TASK = "jobs.periodic.submit_scheduled_job"
+SCHEDULED_JOB_TASK = services.SCHEDULED_JOB_TASK
 
 
 @task_prerun.connect
@@ -154,7 +156,7 @@ def make_kind_task(kind: JobKind):
             raise outcome.error
         return outcome.status
 
-    run.__name__ = kind.name
+    run.__name__ = kind.name.replace(".", "_")  # a Django task's kind is a module path
     run.__doc__ = kind.description
     options = dict(name=kind.task_name, bind=True, base=JobTask, queue=kind.queue)
     for option in ("soft_time_limit", "time_limit", "rate_limit"):
@@ -178,7 +180,9 @@ def publish_due_jobs() -> int:
 
 
 @shared_task(name=SCHEDULED_JOB_TASK, bind=True, ignore_result=True)
-def submit_scheduled_job(self, kind: str, params: dict | None = None, owner: str | None = None) -> str:
+def submit_scheduled_job(self, kind: str, params: dict | None = None, owner: str | None = None,
+                         catch_up: str | None = None) -> str:
+    # `catch_up` is the schedule's policy for runs missed while no beat ran: beat's to apply, not a run's.
     # django-celery-beat names the schedule in a header of every message it sends; a worker puts
     # message headers on the request, an eager apply() keeps them under `headers`.
     schedule_name = (getattr(self.request, "periodic_task_name", None)
@@ -203,6 +207,87 @@ def recover_lost_jobs() -> dict[str, int]:
 def apply_retention() -> int:
     metrics.housekeeping_ran("retention")
     return services.delete_expired()
+
+
+# --- A project's own Celery tasks, tracked (JOBS_TRACK_CELERY_TASKS) -------------------------
+
+
+def _track(what: str, record) -> None:
+    """Record a tracked task's step; a failure to record is logged and never touches the task itself."""
+    try:
+        record()
+    except Exception:  # noqa: BLE001 - the ledger is a record here, not the task's engine
+        logger.exception("could not record %s of a tracked task", what)
+
+
+@before_task_publish.connect
+def _tracked_published(sender=None, body=None, headers=None, routing_key=None, **kwargs) -> None:
+    if not services.is_tracked(sender):
+        return
+    headers = headers or {}
+    args, task_kwargs = (body[0], body[1]) if isinstance(body, (list, tuple)) and len(body) >= 2 else ((), {})
+    eta = headers.get("eta")
+    _track("the publish", lambda: services.tracked_task_published(
+        task_id=headers.get("id"), name=sender, args=args, kwargs=task_kwargs, queue=routing_key,
+        eta=datetime.fromisoformat(eta) if isinstance(eta, str) else None, retries=headers.get("retries") or 0))
+
+
+@task_received.connect
+def _tracked_cancelled_before_start(sender=None, request=None, **kwargs) -> None:
+    """A tracked task cancelled in the ledger is skipped, also by a worker that missed the revoke's broadcast
+    (started later, or reconnected): Celery discards a revoked id before it runs."""
+    if request is not None and services.is_tracked(request.name):
+        try:
+            cancelled = services.tracked_task_cancelled(task_id=request.id)
+        except Exception:  # noqa: BLE001 - without the database, Celery's own revokes still apply
+            logger.exception("could not read whether tracked task %s was cancelled", request.id)
+            return
+        if cancelled:
+            worker_state.revoked.add(request.id)
+
+
+@task_prerun.connect
+def _tracked_started(sender=None, task_id=None, args=None, kwargs=None, **extra) -> None:
+    if not services.is_tracked(getattr(sender, "name", None)):
+        return
+    request = sender.request
+    queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
+    _track("the start", lambda: services.tracked_task_started(
+        task_id=task_id, name=sender.name, args=args, kwargs=kwargs, queue=queue,
+        worker=request.hostname or "", retries=request.retries or 0))
+
+
+@task_success.connect
+def _tracked_succeeded(sender=None, **kwargs) -> None:
+    if services.is_tracked(getattr(sender, "name", None)):
+        _track("the success", lambda: services.tracked_task_succeeded(task_id=sender.request.id))
+
+
+@task_failure.connect
+def _tracked_failed(sender=None, task_id=None, exception=None, einfo=None, **kwargs) -> None:
+    if services.is_tracked(getattr(sender, "name", None)):
+        _track("the failure", lambda: services.tracked_task_failed(
+            task_id=task_id, error=f"{type(exception).__name__}: {exception}", traceback=str(einfo or ""),
+            exception_class=f"{type(exception).__module__}.{type(exception).__qualname__}"))
+
+
+@task_retry.connect
+def _tracked_retried(sender=None, request=None, reason=None, einfo=None, **kwargs) -> None:
+    if not services.is_tracked(getattr(sender, "name", None)):
+        return
+    when = getattr(reason, "when", None)
+    retry_at = when if isinstance(when, datetime) else datetime.now(dt_timezone.utc) + timedelta(
+        seconds=float(when or 0))
+    cause = getattr(reason, "exc", None) or reason
+    _track("the retry", lambda: services.tracked_task_failed(
+        task_id=request.id, error=f"{type(cause).__name__}: {cause}", traceback=str(einfo or ""),
+        exception_class=f"{type(cause).__module__}.{type(cause).__qualname__}", retry_at=retry_at))
+
+
+@task_revoked.connect
+def _tracked_revoked(sender=None, request=None, **kwargs) -> None:
+    if services.is_tracked(getattr(sender, "name", None)):
+        _track("the revoke", lambda: services.tracked_task_revoked(task_id=request.id))
 
 
 # --- The worker's heartbeat ------------------------------------------------------------

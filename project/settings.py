@@ -2,7 +2,10 @@
 import os
 from pathlib import Path
 
+import django
 import environ
+from csp.constants import NONE, SELF
+from kombu import Exchange, Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -14,10 +17,28 @@ if (BASE_DIR / ".env").exists():
 # Local state of `make run`: the SQLite database, the bundled Redis, generated credentials, metrics.
 VAR_DIR = Path(env("JOBS_VAR_DIR", default=str(BASE_DIR / "var")))
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
-# Local runs get a fixed key so that sessions survive restarts; production must set one.
-SECRET_KEY = env("DJANGO_SECRET_KEY", default="local-only-insecure-key" if DEBUG else environ.Env.NOTSET)
+# Off unless asked for (DJANGO_DEBUG=true): `make run` starts gunicorn with generated credentials, and debug
+# pages would show every URL and setting to whoever reaches the site.
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+# Served under loopback names only (the default): `make run` on a developer's machine, plain HTTP. Any real
+# host name in DJANGO_ALLOWED_HOSTS makes it a deployment: HTTPS enforced, a key required, hashed static files.
+LOCAL_ONLY = set(ALLOWED_HOSTS) <= {"127.0.0.1", "localhost", "[::1]", "::1", "testserver"}
+
+
+def _local_secret_key() -> str:
+    """A key made on first use and kept in var/ (mode 600), so that sessions survive restarts."""
+    path = VAR_DIR / "secret-key"
+    if not path.exists():
+        import secrets
+
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", default=None) or (_local_secret_key() if LOCAL_ONLY else env("DJANGO_SECRET_KEY"))
 CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
@@ -30,15 +51,20 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_htmx",
+    "csp",
     # django-ninja as an app: /api/docs then serves the Swagger UI files the package ships, not a CDN's.
     "ninja",
     "django_celery_results",
     "django_celery_beat",
+    # Django's task API: built into Django 6; the django-tasks backport on 5.2.
+    *(["django_tasks"] if django.VERSION < (6, 0) else []),
     "jobs",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Early, so that responses the middleware below answers with themselves carry the policy too.
+    "csp.middleware.CSPMiddleware",
     "jobs.web.middleware.BodySizeLimitMiddleware",
     "jobs.web.middleware.ApiJsonErrorsMiddleware",
     "jobs.web.middleware.DatabaseUnavailableMiddleware",
@@ -115,13 +141,15 @@ STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        if not DEBUG
+        if not (DEBUG or LOCAL_ONLY)
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
+# Local runs serve static files from the apps' folders (no collectstatic); deployments from STATIC_ROOT.
+WHITENOISE_USE_FINDERS = DEBUG or LOCAL_ONLY
 
 # --- Security (production) ------------------------------------------------------------
-if not DEBUG:
+if not (DEBUG or LOCAL_ONLY):
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
@@ -132,6 +160,21 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = True
 SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
+# Every page, the admin and /api/docs (Swagger UI from ninja's static files) included, runs only
+# scripts and styles from files this site serves: no inline code, no style attributes, no eval.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        # data: for images given inline as data URIs (Swagger UI's stylesheet has a few); never scripts or styles.
+        "img-src": [SELF, "data:"],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    },
+}
 
 # --- Redis and Celery -----------------------------------------------------------------
 # Without REDIS_URL, `make run` starts a private redis-server on a unix socket under var/,
@@ -169,6 +212,38 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_interval": JOBS_RESTORE_INTERVAL,
     "unacked_restore_throttle": 1,
 }
+
+# Amazon SQS as the broker: CELERY_BROKER_URL=sqs:// (credentials from AWS's usual environment variables or
+# the machine's role, never in the URL: Celery prints the URL's user name), or sqs://host:port for a server
+# speaking SQS's API over plain HTTP (an emulator). Each platform queue is the SQS queue of its name with
+# this prefix, created on first use; kombu's SQS transport, from the `celery[sqs]` extra (boto3, pycurl).
+BROKER_IS_SQS = CELERY_BROKER_URL.startswith("sqs://")
+JOBS_SQS_QUEUE_PREFIX = env("JOBS_SQS_QUEUE_PREFIX", default="jobs-")
+# Empty: boto3's own choice (AWS_REGION / AWS_DEFAULT_REGION, the profile), else us-east-1.
+JOBS_SQS_REGION = env("JOBS_SQS_REGION", default="")
+# Long polling: a ReceiveMessage waits up to this long on SQS's side and returns as soon as a message comes,
+# so an idle worker costs about one request per queue per 20 s (SQS's longest), and a message sent while a
+# receive waits is delivered at once.
+JOBS_SQS_WAIT_SECONDS = env.int("JOBS_SQS_WAIT_SECONDS", default=20)
+JOBS_SQS_TRANSPORT_OPTIONS = {
+    "queue_name_prefix": JOBS_SQS_QUEUE_PREFIX,
+    "region": JOBS_SQS_REGION or None,
+    # Set on the queues kombu creates (an existing queue keeps its own: change it on SQS too). SQS takes
+    # 12 hours at most; a run longer than that gets its message back mid-run, and that copy is dropped at claim.
+    "visibility_timeout": min(JOBS_VISIBILITY_TIMEOUT, 12 * 3600),
+    "wait_time_seconds": JOBS_SQS_WAIT_SECONDS,
+    # kombu's pause after an empty or failed receive, before the next long poll: 1 s (a message sent then
+    # waits for it), so that an unreachable endpoint is asked once a second, not in a tight loop.
+    "polling_interval": 1,
+    # A depth check or a publish must not hang on an unreachable endpoint for botocore's 60 s; reads
+    # outlast a long poll.
+    "client-config": {"connect_timeout": 2, "read_timeout": JOBS_SQS_WAIT_SECONDS + 5,
+                      "retries": {"mode": "standard", "max_attempts": 3}},
+}
+if BROKER_IS_SQS:
+    CELERY_BROKER_TRANSPORT_OPTIONS = JOBS_SQS_TRANSPORT_OPTIONS
+    # kombu's SQS transport with a workaround: see jobs.infra.sqs.
+    CELERY_BROKER_TRANSPORT = "jobs.infra.sqs:Transport"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # processes start before Redis is up under honcho
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None  # a worker waits out a broker outage instead of exiting
 # django-celery-results' database backend, except that it leaves the rows of platform jobs to the
@@ -211,6 +286,23 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep our log format in worker logs
 
 # --- The platform ---------------------------------------------------------------------
 JOBS_QUEUES = ["default", "cpu", "io"]
+# Every queue declared, so that what lists queues (Flower's broker page) shows those no worker consumes.
+# Each is the queue Celery would create on first use (a direct exchange of its own name, routing key the
+# name, no queue arguments): the same Redis lists and bindings, and no x-max-priority on RabbitMQ. The
+# ten priorities on Redis come from the transport's priority_steps, not from the queue.
+CELERY_TASK_QUEUES = [Queue(name, Exchange(name), routing_key=name) for name in [*JOBS_QUEUES, JOBS_PLATFORM_QUEUE]]
+# Django's task API runs on the platform: a `@task` function is a job kind (jobs/task_backend.py).
+TASKS = {
+    "default": {
+        "BACKEND": "jobs.task_backend.PlatformTaskBackend",
+        "QUEUES": JOBS_QUEUES,
+        # Runs a task may take: a run lost with its worker runs again; an exception it raises fails it at once.
+        "OPTIONS": {"MAX_ATTEMPTS": env.int("JOBS_TASK_MAX_ATTEMPTS", default=3)},
+    },
+}
+# A project's own Celery tasks to record in the ledger as Celery runs them (shell-style patterns of task names,
+# e.g. "myapp.tasks.*"): the dashboard shows them, keeps their history, and can run one again or cancel it.
+JOBS_TRACK_CELERY_TASKS = env.list("JOBS_TRACK_CELERY_TASKS", default=[])
 # Modules with a project's own job kinds, imported at start-up beside the built-in ones.
 JOBS_KIND_MODULES = env.list("JOBS_KIND_MODULES", default=[])
 JOBS_QUEUE_LIMIT = env.int("JOBS_QUEUE_LIMIT", default=10_000)
@@ -219,7 +311,9 @@ JOBS_QUEUE_LIMITS = {k: int(v) for k, v in env.dict("JOBS_QUEUE_LIMITS", default
 # Submissions are accepted again once the depth falls below this share of the limit.
 JOBS_QUEUE_LOW_WATERMARK = env.float("JOBS_QUEUE_LOW_WATERMARK", default=0.8)
 # How long one process trusts a depth reading; see jobs/services/admission.py for the overshoot it allows.
-JOBS_QUEUE_DEPTH_CACHE_SECONDS = env.float("JOBS_QUEUE_DEPTH_CACHE_SECONDS", default=0.1)
+# On SQS a reading is one request per queue, billed per request, of counts that are approximate anyway:
+# 1 s there (away from the limit, 3 requests a second per web process rather than 30).
+JOBS_QUEUE_DEPTH_CACHE_SECONDS = env.float("JOBS_QUEUE_DEPTH_CACHE_SECONDS", default=1.0 if BROKER_IS_SQS else 0.1)
 # API token lookups are kept per process this many seconds: a revoked token or a deactivated user
 # stops working in every process within it (at once in the one that changed it). 0: no cache.
 JOBS_TOKEN_CACHE_SECONDS = env.float("JOBS_TOKEN_CACHE_SECONDS", default=1.0)

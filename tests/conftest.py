@@ -1,4 +1,5 @@
-"""Fixtures: a private Redis on a free loopback port, real Celery workers, users and API clients."""
+"""Fixtures: a private Redis on a free loopback port, real Celery workers, SQS (an emulator) as the broker, users
+and API clients."""
 from __future__ import annotations
 
 import os
@@ -6,7 +7,8 @@ import os
 import pytest
 from django.conf import settings
 
-from tests.support import LOG_DIR, Beat, RedisServer, Worker
+from tests.support import (LOG_DIR, Beat, RedisServer, SqsServer, SqsServerUnavailable, Worker,
+                           forget_broker_connections)
 
 # This run's metrics files (its own and those of the workers it starts) go to a directory of its
 # own, not to var/prometheus of a platform running from the same checkout. No metric value exists
@@ -32,6 +34,7 @@ def _platform_uses_test_redis(redis_server):
     from jobs.services import admission
 
     import tests.kinds_for_tests  # noqa: F401 - the misbehaving kinds; workers load them via JOBS_KIND_MODULES
+    import tests.tasks_for_tests  # noqa: F401 - plain Django tasks, likewise
 
     settings.STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns on every request otherwise
     settings.REDIS_URL = redis_server.url
@@ -88,6 +91,72 @@ def beat_factory(redis_server):
 def live_worker(worker_factory):
     """One real worker consuming every queue (housekeeping too), with two prefork processes."""
     return worker_factory()
+
+
+@pytest.fixture(scope="session")
+def sqs_server():
+    """moto's SQS emulator on a free loopback port, started by the first test that needs it."""
+    server = SqsServer()
+    try:
+        server.start()
+    except SqsServerUnavailable as exc:
+        pytest.skip(f"the SQS emulator cannot start here: {exc}")
+    yield server
+    server.stop()
+
+
+class SqsBroker:
+    """SQS (the emulator) as this process's broker, under queue names of one test's own (their prefix)."""
+
+    def __init__(self, server: SqsServer, prefix: str, options: dict):
+        self.server, self.prefix, self.options = server, prefix, options
+        self.url = server.url
+
+    def worker_env(self, **extra: str) -> dict:
+        """What a worker needs to consume the same queues, the same way."""
+        return {**SqsServer.ENV, "CELERY_BROKER_URL": self.url, "JOBS_SQS_QUEUE_PREFIX": self.prefix,
+                "JOBS_VISIBILITY_TIMEOUT": str(self.options["visibility_timeout"]),
+                "JOBS_SQS_WAIT_SECONDS": str(self.options["wait_time_seconds"]), **extra}
+
+    def queue_url(self, queue: str) -> str:
+        return self.server.client().get_queue_url(QueueName=f"{self.prefix}{queue}")["QueueUrl"]
+
+
+@pytest.fixture
+def use_sqs(sqs_server, settings, monkeypatch):
+    """Make SQS (the emulator) the broker of this process for the test: publishing, depths, the gate.
+
+    Call it with the options that differ (visibility_timeout=2); it returns an SqsBroker. Queue names are the
+    test's own, so that each test starts with empty queues created with its options.
+    """
+    import uuid
+
+    from celery import current_app
+
+    from jobs.services import admission
+
+    def use(*, visibility_timeout: int = 60) -> SqsBroker:
+        for name, value in SqsServer.ENV.items():
+            monkeypatch.setenv(name, value)
+        prefix = f"t{uuid.uuid4().hex[:8]}-"
+        options = {**settings.JOBS_SQS_TRANSPORT_OPTIONS, "queue_name_prefix": prefix,
+                   "visibility_timeout": visibility_timeout, "region": SqsServer.ENV["AWS_DEFAULT_REGION"]}
+        settings.CELERY_BROKER_URL = sqs_server.url
+        settings.CELERY_BROKER_TRANSPORT_OPTIONS = options
+        current_app.conf.broker_url = sqs_server.url
+        current_app.conf.broker_transport_options = options
+        current_app.conf.broker_transport = settings.CELERY_BROKER_TRANSPORT = "jobs.infra.sqs:Transport"
+        forget_broker_connections()
+        admission.reset()
+        return SqsBroker(sqs_server, prefix, options)
+
+    redis_options = current_app.conf.broker_transport_options
+    yield use
+    current_app.conf.broker_url = settings.REDIS_URL
+    current_app.conf.broker_transport_options = redis_options
+    current_app.conf.broker_transport = None
+    forget_broker_connections()
+    admission.reset()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Support for tests and benchmarks: waiting on conditions, a private Redis server, process groups, real workers.
+"""Support for tests and benchmarks: waiting on conditions, a private Redis server, the SQS emulator, process
+groups, real workers.
 
 Imports nothing of pytest or Django at module level: bench/common.py uses it too.
 """
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -81,6 +83,148 @@ class RedisServer:
         return redis.Redis.from_url(self.url)
 
 
+class SqsServerUnavailable(Exception):
+    """The SQS emulator could not be started here (a test that needs it is skipped, saying why)."""
+
+
+class SqsServer:
+    """moto's server mode on 127.0.0.1: an emulator of Amazon SQS's API (in memory), not AWS.
+
+    Clients reach it as kombu does, through `sqs://127.0.0.1:PORT` (kombu takes the URL's host as the
+    endpoint, over plain HTTP), with the fake credentials of ENV.
+    """
+
+    # Fake credentials and a region for the emulator; no lookup of a machine's role (metadata service).
+    ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def __init__(self, directory: Path | None = None):
+        self.binary = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+        self.port = free_port()
+        self.url = f"sqs://127.0.0.1:{self.port}"
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.dir = directory or LOG_DIR / f"sqs-{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self.binary is None:
+            raise SqsServerUnavailable("moto_server is not installed (moto[server], in requirements-dev.txt)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen([self.binary, "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=open(self.dir / "moto.log", "ab"), stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        try:
+            wait_for(lambda: self.process.poll() is not None or self.answers(), timeout=30, interval=0.1,
+                     message="moto_server to answer")
+        except WaitTimedOut as exc:
+            self.stop()
+            raise SqsServerUnavailable(f"moto_server did not answer on 127.0.0.1:{self.port}") from exc
+        if self.process.poll() is not None:
+            log = (self.dir / "moto.log").read_text(errors="replace")[-500:]
+            self.process = None
+            raise SqsServerUnavailable(f"moto_server exited: {log}")
+
+    def answers(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def client(self):
+        """A boto3 client of the emulator (as a test looks at queues from outside)."""
+        import boto3
+
+        return boto3.client("sqs", endpoint_url=self.endpoint, region_name=self.ENV["AWS_DEFAULT_REGION"],
+                            aws_access_key_id=self.ENV["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.ENV["AWS_SECRET_ACCESS_KEY"])
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process, 5)
+        self.process = None
+
+
+class TcpGate:
+    """A relay on 127.0.0.1 in front of a server's port, which a test closes and opens again: closed, it refuses
+    connections and cuts those it carried, as a network fault would, while the server keeps its state."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def open(self) -> "TcpGate":
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+        return self
+
+    def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way: close alone does not
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            sockets, self._open = self._open, []
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def forget_broker_connections() -> None:
+    """Drop the Celery app's broker connections, so that the next publish or depth read connects to the broker
+    its configuration names now."""
+    from celery import current_app
+
+    if current_app._pool is not None:
+        current_app._pool.force_close_all()
+    current_app._pool = None
+    current_app.amqp._producer_pool = None
+
+
 def database_url_for_subprocess() -> str:
     """A DATABASE_URL naming the test database, for workers and servers the tests start."""
     from django.db import connection
@@ -109,7 +253,8 @@ class Worker:
             "CELERY_BROKER_URL": redis_url,
             "DATABASE_URL": database_url_for_subprocess(),
             "PYTHONUNBUFFERED": "1",
-            "JOBS_KIND_MODULES": "tests.kinds_for_tests",
+            "JOBS_KIND_MODULES": "tests.kinds_for_tests,tests.tasks_for_tests,tests.celery_tasks_for_tests",
+            "JOBS_TRACK_CELERY_TASKS": "tests.celery_tasks_for_tests.*",
             **(env or {}),
         }
         self.args = [

@@ -228,7 +228,7 @@ def test_openapi_and_docs_are_served(client):
 
 
 def test_healthz_reports_each_part(client, redis_server):
-    assert client.get("/healthz").json() == {"database": "ok", "broker": "ok"}
+    assert client.get("/healthz").json() == {"database": "ok", "broker": "ok", "broker_kind": "redis"}
     redis_server.stop()
     try:
         response = client.get("/healthz")

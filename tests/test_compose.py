@@ -97,3 +97,24 @@ def test_published_ports_bind_to_loopback_only(compose):
     for name, service in compose["services"].items():
         for port in service.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond the host's loopback"
+
+
+def test_rabbitmq_is_a_profile_the_broker_url_switches_to(compose, compose_text):
+    rabbitmq = compose["services"]["rabbitmq"]
+    assert rabbitmq["profiles"] == ["rabbitmq"], "started only with --profile rabbitmq"
+    assert rabbitmq["healthcheck"]["test"] and "ports" not in rabbitmq
+    assert any(v.endswith(":/var/lib/rabbitmq") for v in rabbitmq["volumes"])
+    # guest may connect from localhost only: the app needs a user of its own.
+    assert rabbitmq["environment"]["RABBITMQ_DEFAULT_USER"] != "guest"
+    assert "consumer_timeout" in rabbitmq["environment"]["RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS"]
+    # The services of every profile-less `up` stay as they were.
+    assert all("profiles" not in compose["services"][name] for name in ("redis", "postgres", *APP_SERVICES))
+    assert "--profile rabbitmq" in compose_text and "CELERY_BROKER_URL=amqp://jobs:" in compose_text
+
+
+@pytest.mark.parametrize("name", APP_SERVICES)
+def test_one_variable_switches_the_broker_and_redis_is_the_default(compose, name):
+    env = compose["services"][name]["environment"]
+    assert env["CELERY_BROKER_URL"] == "${CELERY_BROKER_URL:-" + env["REDIS_URL"] + "}"
+    # Waited for when the profile runs it, and not required when it does not.
+    assert compose["services"][name]["depends_on"]["rabbitmq"] == {"condition": "service_healthy", "required": False}

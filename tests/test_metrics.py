@@ -1,6 +1,7 @@
 """GET /metrics: who may read it, what it counts (web, gate and worker side), the files of exited processes; job logs."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -365,3 +366,56 @@ def test_refusals_are_exposed_at_zero_before_the_first(tmp_path, redis_server):
     samples = parse(result.stdout)
     for reason in ("queue_full", "broker_down"):
         assert samples[("jobs_refused_total", (("reason", reason),))] == 0
+
+
+# --- promtool's lint of a real scrape ---------------------------------------------------------
+
+
+@pytest.fixture
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("REQUIRE_BROWSER"):
+            pytest.fail("REQUIRE_BROWSER is set but promtool is not on PATH (Debian package: prometheus; .ci/run "
+                        "installs it)")
+        pytest.skip("no promtool on PATH (install Debian's prometheus package); set REQUIRE_BROWSER=1 to fail instead")
+    return path
+
+
+def test_a_scrape_after_jobs_and_a_refusal_passes_promtool(promtool, staff_client, api, worker_factory, user,
+                                                            redis_server, settings):
+    from jobs.tasks import publish_due_jobs
+
+    worker = worker_factory(queues="default,io,platform")
+    publish_due_jobs.delay()  # a housekeeping run
+    jobs = [services.job_submit(user=user, kind="noop", params={}).job for _ in range(3)]
+    jobs.append(services.job_submit(user=user, kind="steps", params={
+        "steps": 1, "step_seconds": 0, "fail_at_step": 1, "fail_attempts": 1}).job)  # one retry, then success
+    wait_for(lambda: Job.objects.filter(pk__in=[j.pk for j in jobs], status=Job.Status.SUCCEEDED).count() == 4,
+             timeout=60, message="the jobs to succeed")
+
+    def every_family_has_a_sample() -> bool:
+        samples = scrape(staff_client)
+        return (("jobs_worker_running", (("worker", worker.hostname),)) in samples
+                and value(samples, "jobs_housekeeping_runs_total", task="publish_due") >= 1)
+
+    wait_for(every_family_has_a_sample, timeout=30, interval=0.5, message="the worker's heartbeat and housekeeping run")
+
+    # Back pressure: `cpu` (which nobody consumes) is full, so a cpu job is refused.
+    settings.JOBS_QUEUE_LIMITS = {"cpu": 2}
+    settings.JOBS_QUEUE_DEPTH_CACHE_SECONDS = 0
+    redis_server.client().lpush("cpu", *[b"x"] * 2)
+    refused = api.post("/api/jobs", {"kind": "count_primes", "params": {"limit": 10}})
+    assert refused.status_code == 503, refused.content
+
+    response = staff_client.get("/metrics")
+    assert response.status_code == 200
+    text = response.content.decode()
+    samples = parse(text)
+    assert value(samples, "jobs_refused_total", reason="queue_full") >= 1
+    assert value(samples, "jobs_finished_total", kind="noop", queue="default", status="succeeded") >= 3
+    assert value(samples, "jobs_retried_total", kind="steps", queue="default") >= 1
+
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    problems = (checked.stdout + checked.stderr).strip()
+    assert checked.returncode == 0 and not problems, f"promtool exited {checked.returncode}:\n{problems}\n\n{text}"

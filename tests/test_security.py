@@ -208,6 +208,87 @@ def test_the_admin_is_for_staff_only(client, user, staff_user):
     assert staff.get("/admin/").status_code == 200
 
 
+# --- Content-Security-Policy --------------------------------------------------------------
+
+POLICY = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "object-src": ["'none'"],
+    "base-uri": ["'self'"],
+    "frame-ancestors": ["'none'"],
+    "form-action": ["'self'"],
+}
+
+
+def policy_of(response) -> dict[str, list[str]]:
+    header = response.headers.get("Content-Security-Policy")
+    assert header, "no Content-Security-Policy header"
+    return {name: values for name, *values in (part.split() for part in header.split(";") if part.strip())}
+
+
+def test_every_kind_of_page_and_answer_carries_the_content_security_policy(client, api, user, admin_user, settings):
+    job = services.job_submit(user=user, kind="noop").job
+    alice = Client()
+    alice.force_login(user)
+    superuser = Client()
+    superuser.force_login(admin_user)
+    anonymous = Client()
+    responses = {
+        "login page": anonymous.get(reverse("login")),
+        "job list": alice.get(reverse("jobs:list")),
+        "job list, live part": alice.get(reverse("jobs:list"), HTTP_HX_REQUEST="true", HTTP_HX_TARGET="jobs-panel"),
+        "job page": alice.get(reverse("jobs:detail", args=[job.id])),
+        "missing job page": alice.get(reverse("jobs:detail", args=[uuid.uuid4()])),
+        "submit form": alice.get(reverse("jobs:new")),
+        "queues": alice.get(reverse("jobs:queues")),
+        "tokens": alice.get(reverse("jobs:tokens")),
+        "stats": alice.get(reverse("jobs:stats")),
+        "API": api.get("/api/jobs"),
+        "API, no token": anonymous.get("/api/jobs"),
+        "API schema": anonymous.get("/api/openapi.json"),
+        "API docs": anonymous.get("/api/docs"),
+        "API, body too large (middleware)": api.post("/api/jobs", raw="x" * (settings.JOBS_MAX_BODY_BYTES + 1)),
+        "admin login": anonymous.get("/admin/login/"),
+        "admin job list": superuser.get("/admin/jobs/job/"),
+        "admin job": superuser.get(f"/admin/jobs/job/{job.id}/change/"),
+        "admin schedule form": superuser.get("/admin/django_celery_beat/periodictask/add/"),
+        "health": anonymous.get("/healthz"),
+    }
+    statuses = {name: response.status_code for name, response in responses.items()}
+    assert statuses["API, no token"] == 401 and statuses["missing job page"] == 404
+    assert statuses["API, body too large (middleware)"] == 413
+    assert statuses["admin job list"] == statuses["admin job"] == statuses["admin schedule form"] == 200
+    for name, response in responses.items():
+        assert policy_of(response) == POLICY, name
+
+
+def test_pages_carry_no_inline_script_or_style(client, user, admin_user):
+    """What the policy would block, caught here before a browser has to: every script and stylesheet
+    comes from a file; no event handler or style attribute, no <style> element."""
+    job = services.job_submit(user=user, kind="steps", params={"steps": 4}).job
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, progress_done=1, progress_total=4)
+    alice = Client()
+    alice.force_login(user)
+    superuser = Client()
+    superuser.force_login(admin_user)
+    pages = [alice.get(url) for url in (reverse("jobs:list"), reverse("jobs:detail", args=[job.id]),
+                                        reverse("jobs:new") + "?kind=steps", reverse("jobs:queues"),
+                                        reverse("jobs:tokens"), reverse("jobs:stats"), "/api/docs")]
+    pages += [superuser.get(url) for url in ("/admin/jobs/job/", "/admin/django_celery_beat/periodictask/add/")]
+    for response in pages:
+        assert response.status_code == 200
+        html = response.content.decode()
+        where = response.request["PATH_INFO"]
+        for tag, body in re.findall(r"(<script\b[^>]*>)(.*?)</script>", html, re.S):
+            # Data for a script (json_script, Swagger UI's settings) is no code to run.
+            assert "src=" in tag and not body.strip() or 'type="application/json"' in tag, (where, tag, body[:200])
+        assert not re.search(r"<[^>]+\sstyle=", html), where
+        assert not re.search(r"<[^>]+\son[a-z]+=", html), where
+        assert "<style" not in html, where
+
+
 # --- Tokens -------------------------------------------------------------------------------
 
 
@@ -305,6 +386,36 @@ def test_production_refuses_to_start_without_a_secret_key():
     done = subprocess.run([sys.executable, "manage.py", "check"], cwd=BASE_DIR, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode != 0 and "DJANGO_SECRET_KEY" in done.stderr
+
+
+LOCAL_PROBE = """
+import json, django
+django.setup()
+from django.conf import settings
+from django.test import Client
+missing = Client().get("/no-such-page/")
+print(json.dumps({"debug": settings.DEBUG, "status": missing.status_code, "lists_urls": b"URLconf" in missing.content,
+                  "redirect": settings.SECURE_SSL_REDIRECT, "key": settings.SECRET_KEY}))
+"""
+
+
+def test_a_local_run_has_debug_off_and_a_key_of_its_own_kept_across_restarts(tmp_path):
+    """`make run` with nothing configured: no debug pages listing every URL, plain HTTP on loopback, and a
+    generated key (in var/, readable by its owner only) instead of one written in the code."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    env["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    env["JOBS_VAR_DIR"] = str(tmp_path)
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", LOCAL_PROBE], cwd=BASE_DIR, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert first["debug"] is False and first["status"] == 404 and not first["lists_urls"]
+    assert first["redirect"] is False  # loopback names only: plain HTTP
+    assert first["key"] == second["key"] and len(first["key"]) >= 50
+    assert (tmp_path / "secret-key").stat().st_mode & 0o077 == 0
 
 
 COOKIE_PROBE = """

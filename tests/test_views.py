@@ -152,6 +152,19 @@ def test_submitting_creates_a_queued_job_and_opens_it(alice, user):
     assert 'hx-trigger="every 1s' in page  # live until it finishes
 
 
+def test_the_inline_kinds_form_schedules_it_for_a_worker_or_runs_it_at_once(alice, user):
+    form = alice.get(reverse("jobs:new"), {"kind": "word_count"}).content.decode()
+    assert "run it at once, in this request; a later time queues it" in form
+    later = alice.post(reverse("jobs:new"), {"kind": "word_count", "params-text": "two words",
+                                             "run_at": "2099-01-01T09:30"})
+    job = Job.objects.get(owner=user)
+    assert later.status_code == 302 and job.status == Job.Status.QUEUED and job.started_at is None
+    assert job.run_at.isoformat() == "2099-01-01T09:30:00+00:00"
+    alice.post(reverse("jobs:new"), {"kind": "word_count", "params-text": "two words"})
+    now = Job.objects.exclude(pk=job.pk).get(owner=user)
+    assert now.status == Job.Status.SUCCEEDED and now.worker.startswith("inline@")
+
+
 def test_blank_optional_fields_take_the_kinds_defaults(alice, user):
     alice.post(reverse("jobs:new"), {"kind": "steps", "params-steps": "3", "params-step_seconds": "0.1",
                                      "params-fail_at_step": "", "params-fail_attempts": "", "priority": "8"})
@@ -408,6 +421,29 @@ def test_static_assets_are_local(alice):
     assert "https://" not in html.split("<body", 1)[0]  # no CDN in the head
 
 
+def test_the_charts_stylesheet_is_the_one_pygal_writes_for_their_style(settings):
+    """The charts leave out the <style> pygal puts in each (the Content-Security-Policy blocks it): the
+    static file must say what it would have said."""
+    from jobs.web.charts import chart_css
+
+    regenerate = ("python manage.py shell -c \"from jobs.web.charts import chart_css; "
+                  "open('static/jobs/charts.css', 'w').write(chart_css())\"")
+    assert (settings.BASE_DIR / "static/jobs/charts.css").read_text() == chart_css(), f"regenerate it: {regenerate}"
+
+
+def test_bars_are_drawn_with_a_class_per_percent_not_a_style_attribute(alice, user, redis_server, settings):
+    job = make_job(user, status=Job.Status.RUNNING, progress_done=1, progress_total=3, attempts=1)
+    settings.JOBS_QUEUE_LIMITS = {"cpu": 8}
+    redis_server.client().rpush(broker_list_names("cpu")[0], *[b"x"] * 2)
+    detail = alice.get(reverse("jobs:detail", args=[job.id])).content.decode()
+    listing = alice.get(reverse("jobs:list")).content.decode()
+    queues = alice.get(reverse("jobs:queues")).content.decode()
+    assert '<div class="progress-fill fill-33"></div>' in detail and '<div class="progress-fill fill-33"></div>' in listing
+    assert re.search(r'aria-label="Queue cpu, share of its limit"[^>]*><div class="meter-fill fill-25"', queues)
+    css = (settings.BASE_DIR / "static/jobs/dashboard.css").read_text()
+    assert all(f".fill-{n} {{ width: {n}%; }}" in css for n in range(101))
+
+
 def test_templates_cause_no_queries(user, rf, django_assert_num_queries):
     from django.template.loader import render_to_string
 
@@ -424,3 +460,11 @@ def test_templates_cause_no_queries(user, rf, django_assert_num_queries):
         render_to_string("jobs/detail.html", context, request=request)
         render_to_string("jobs/_jobs_panel.html", {"page": page, "status_tabs": [], "show_owner": True},
                          request=request)
+
+
+def test_a_failed_jobs_page_says_where_it_stopped(alice, user):
+    job = make_job(user, status=Job.Status.FAILED, attempts=3, attempt_limit=3, progress_done=2, progress_total=5,
+                   progress_message="step 2 of 5", error="StepFailed: told to fail at step 3 (attempt 3)")
+    page = alice.get(reverse("jobs:detail", args=[job.id])).content.decode()
+    assert "Failed after 3 attempts, at 2 of 5 (step 2 of 5)." in page
+    assert 'Stopped at <strong class="progress-percent">40%</strong>' in page

@@ -2,6 +2,7 @@
 and the gates' closed flags. All of them are advice: a number lost with Redis is only a number."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -143,3 +144,71 @@ def event_counts() -> dict[str, dict[str, int]]:
         return {"events": {}, "refused_by_schedule": {}}
     return {"events": {k.decode(): int(v) for k, v in events.items()},
             "refused_by_schedule": {k.decode(): int(v) for k, v in refused.items()}}
+
+
+# --- User schedules: when beat last sent each one, and what happened to runs that made no job --------
+
+SCHEDULE_SENT_KEY = "jobs:schedules:sent"  # schedule name -> when beat last sent it (epoch seconds)
+MISSED_BY_SCHEDULE_KEY = "jobs:schedules:missed"  # schedule name -> runs missed while no beat ran
+SCHEDULE_LOG_KEY = "jobs:schedules:log:{name}"  # a schedule's refused, invalid and missed runs, newest first
+SCHEDULE_LOG_LENGTH = 200
+
+
+def record_schedule_sent(name: str, at: float) -> None:
+    """Beat sent a schedule's message: kept so that the next beat starts from it (the database's last_run_at is
+    written only every sync_every seconds)."""
+    try:
+        client().hset(SCHEDULE_SENT_KEY, name, repr(at))
+    except REDIS_DOWN:
+        pass  # the database's last_run_at is the fallback
+
+
+def schedules_sent(names: list[str]) -> dict[str, float]:
+    """When beat last sent each of `names` (those it never sent, or all when Redis is down, are left out)."""
+    if not names:
+        return {}
+    try:
+        values = client().hmget(SCHEDULE_SENT_KEY, names)
+    except REDIS_DOWN:
+        return {}
+    return {name: float(value) for name, value in zip(names, values) if value is not None}
+
+
+def record_schedule_event(name: str, event: dict, *, missed: int = 0) -> None:
+    """Add one entry to a schedule's log of runs that made no job (refused, invalid, missed), and count missed
+    runs per schedule."""
+    try:
+        pipe = client().pipeline(transaction=False)
+        key = SCHEDULE_LOG_KEY.format(name=name)
+        pipe.lpush(key, json.dumps(event))
+        pipe.ltrim(key, 0, SCHEDULE_LOG_LENGTH - 1)
+        if missed:
+            pipe.hincrby(MISSED_BY_SCHEDULE_KEY, name, missed)
+        pipe.execute()
+    except REDIS_DOWN:
+        logger.warning("could not record schedule event %s of %r", event.get("event"), name)
+
+
+def schedule_log(name: str, limit: int = SCHEDULE_LOG_LENGTH) -> list[dict]:
+    """A schedule's refused, invalid and missed runs, newest first."""
+    try:
+        raw = client().lrange(SCHEDULE_LOG_KEY.format(name=name), 0, max(0, limit - 1))
+    except REDIS_DOWN:
+        return []
+    return [json.loads(item) for item in raw]
+
+
+def schedule_counts(names: list[str]) -> dict[str, dict]:
+    """Per schedule: when beat last sent it, and its missed and refused runs since Redis started."""
+    if not names:
+        return {}
+    try:
+        pipe = client().pipeline(transaction=False)
+        pipe.hmget(SCHEDULE_SENT_KEY, names)
+        pipe.hmget(MISSED_BY_SCHEDULE_KEY, names)
+        pipe.hmget(REFUSED_BY_SCHEDULE_KEY, names)
+        sent, missed, refused = pipe.execute()
+    except REDIS_DOWN:
+        sent = missed = refused = [None] * len(names)
+    return {name: {"sent": float(s) if s is not None else None, "missed": int(m or 0), "refused": int(r or 0)}
+            for name, s, m, r in zip(names, sent, missed, refused)}

@@ -15,7 +15,7 @@ def is_platform_job(task_id: str, task_name: str | None) -> bool:
     if task_name:
         return any(kind.task_name == task_name for kind in all_kinds())
     try:
-        return Job.objects.filter(pk=uuid.UUID(str(task_id))).exists()
+        return Job.objects.filter(pk=uuid.UUID(str(task_id)), tracked=False).exists()
     except ValueError:
         return False
 

@@ -24,7 +24,6 @@ from django.conf import settings
 
 from ..infra import counters, metrics
 from ..infra.broker import read_depths
-from ..registry import JobKind
 from .errors import BrokerUnavailable, QueueFull
 
 logger = logging.getLogger(__name__)
@@ -154,26 +153,27 @@ _gauge = _Gauge()
 # --- The service ---------------------------------------------------------------------
 
 
-def admit(*, kind: JobKind) -> None:
-    """Raise QueueFull or BrokerUnavailable when a job of `kind` may not be queued now; inline kinds always may."""
-    if kind.inline:
+def admit(*, queue: str, inline: bool = False) -> None:
+    """Raise QueueFull or BrokerUnavailable when a job may not be queued on `queue` now; a job run inline (in the
+    request) always may: it never touches the queue."""
+    if inline:
         return
     try:
         snap = _gauge.snapshot()
     except BrokerUnavailable:
         refused("broker_down")
         raise
-    state = snap.refusal_for(kind.queue)
+    state = snap.refusal_for(queue)
     if state is not None:
         refused("queue_full")
         raise QueueFull(queue=state.name, depth=state.depth, limit=state.limit, retry_after=retry_after(state))
 
 
-def accepted(*, kind: JobKind) -> None:
-    """A job of `kind` was queued: count it, and let this process's reading know (inline kinds are not gated)."""
-    if kind.inline:
+def accepted(*, queue: str, inline: bool = False) -> None:
+    """A job was queued on `queue`: count it, and let this process's reading know (inline runs are not gated)."""
+    if inline:
         return
-    _gauge.note_accepted(kind.queue)
+    _gauge.note_accepted(queue)
     _count("accepted")
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from ..infra.broker import BrokerUnavailable
 
-__all__ = ["BrokerUnavailable", "IdempotencyConflict", "JobInputError", "JobStateError", "QueueFull",
-           "BROKER_RETRY_AFTER"]
+__all__ = ["BrokerUnavailable", "IdempotencyConflict", "JobInputError", "JobStateError", "NotFound", "NotPermitted",
+           "QueueFull", "ScheduleNameTaken", "BROKER_RETRY_AFTER"]
 
 # Seconds a client is told to wait when the broker does not answer.
 BROKER_RETRY_AFTER = 5
@@ -22,6 +22,10 @@ class JobStateError(Exception):
     """The job is not in a state that allows the action."""
 
 
+class NotFound(Exception):
+    """What an action names does not exist for this user: a queue, or an owner whose jobs they may not see."""
+
+
 class IdempotencyConflict(Exception):
     """The idempotency key names a job submitted with another kind or other parameters: `mismatch` says which."""
 
@@ -36,3 +40,11 @@ class QueueFull(Exception):
     def __init__(self, *, queue: str, depth: int, limit: int, retry_after: int):
         super().__init__(f"queue {queue} is full: depth {depth}, limit {limit}; retry after {retry_after}s")
         self.queue, self.depth, self.limit, self.retry_after = queue, depth, limit, retry_after
+
+
+class NotPermitted(Exception):
+    """The user may see the object but not do this to it (another user's schedule, without the permission)."""
+
+
+class ScheduleNameTaken(Exception):
+    """A schedule of that name exists already (names are unique, and runs are recorded under them)."""

@@ -10,7 +10,7 @@ from django.utils import timezone
 from django_celery_results.models import TaskResult
 
 from ..infra import counters
-from ..infra.broker import broker_started_at, ready_message_ids
+from ..infra.broker import broker_kind, broker_started_at, read_depths, ready_message_ids
 from ..models import Job, JobMinuteRollup
 from .submit import job_republish
 from .workers import held_by_live_workers
@@ -26,7 +26,7 @@ def recover_jobs(*, stale_after: float | None = None, now=None) -> dict[str, int
     Redis last started) still has its message when the message is ready in its queue, or held by a
     worker whose heartbeat says so. A message delivered to a worker that died sits in the broker's unacknowledged set until the
     visibility timeout: it does not count, and the job gets a new one (the old, if it comes back,
-    is dropped at claim).
+    is dropped at claim). SQS cannot list its messages: see _lost_on_sqs.
     """
     now = now or timezone.now()
     stale_after = settings.JOBS_RECOVERY_AFTER_SECONDS if stale_after is None else stale_after
@@ -37,7 +37,10 @@ def recover_jobs(*, stale_after: float | None = None, now=None) -> dict[str, int
         # Redis restarted since: a message sent before then is there only if Redis kept it, which is checked below.
         older_than = restarted_at
     stale = list(Job.objects.stale_queued(older_than).order_by("published_at")[:5000])
-    if stale:
+    if stale and broker_kind() == "sqs":
+        for job in _lost_on_sqs(stale, now=now, stale_after=stale_after):
+            counts["republished"] += job_republish(job=job)
+    elif stale:
         ready = ready_message_ids(sorted({j.queue for j in stale}))
         present = None if ready is None else ready | held_by_live_workers(now)
         for job in stale:
@@ -48,6 +51,25 @@ def recover_jobs(*, stale_after: float | None = None, now=None) -> dict[str, int
         logger.warning("recovery republished=%s", counts["republished"])
         counters.count_event("republished", counts["republished"])
     return counts
+
+
+def _lost_on_sqs(stale: list[Job], *, now, stale_after: float) -> list[Job]:
+    """Of the stale waiting jobs, those whose message SQS may no longer hold. SQS keeps messages, but cannot list
+    them: the Job table, the workers' heartbeats and the queues' depths decide.
+
+    A job that a live worker holds has its message. Otherwise, a job whose queue has no message waiting has
+    lost it: deleted (a purge, a deleted queue), expired past the queue's retention period, never sent (a
+    failed publish), or received by a worker that died (that copy comes back after the visibility timeout,
+    and is dropped at claim). A queue with messages waiting may still hold the job's: the job is published
+    again only once it has waited a visibility timeout besides, so that a backlog is copied at most once per
+    visibility timeout (and a lost message under a backlog that never drains is found all the same).
+    """
+    held = held_by_live_workers(now)
+    depths, _ = read_depths(sorted({job.queue for job in stale}), keys=[])
+    visibility = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("visibility_timeout", settings.JOBS_VISIBILITY_TIMEOUT)
+    long_ago = now - timedelta(seconds=visibility + stale_after)
+    return [job for job in stale
+            if str(job.id) not in held and (depths[job.queue] == 0 or job.published_at < long_ago)]
 
 
 def delete_expired(*, days: int | None = None, batch_size: int = 1000) -> int:

@@ -130,7 +130,7 @@ def job_succeed(*, job_id: str, claim: Claim, kind: JobKind, params: dict, resul
 
 @transaction.atomic
 def job_run_failed(*, job_id: str, token: uuid.UUID | None, error: str, traceback: str = "",
-                   retryable: bool, worker: str | None = None) -> FailureOutcome | None:
+                   retryable: bool, worker: str | None = None, exception_class: str = "") -> FailureOutcome | None:
     """A run failed: record its attempt, then retry the job (retryable, attempts left) after a backoff, or fail it.
 
     With `token`, only if that run still owns the job; with None, the run `worker` holds (Celery
@@ -144,7 +144,8 @@ def job_run_failed(*, job_id: str, token: uuid.UUID | None, error: str, tracebac
     retry_in = None
     if retryable and kind is not None and job.attempts < job.attempt_limit:
         retry_in = full_jitter_backoff(job.attempts, base=kind.retry_backoff_base, cap=kind.retry_backoff_max)
-    return _end_run(job, error=error, traceback=traceback, retry_in=retry_in, republish=False)
+    return _end_run(job, error=error, traceback=traceback, retry_in=retry_in, republish=False,
+                    exception_class=exception_class)
 
 
 @transaction.atomic
@@ -177,13 +178,13 @@ def _running_locked(job_id: str, **conditions) -> Job | None:
 
 
 def _end_run(job: Job, *, error: str, traceback: str, retry_in: float | None, republish: bool,
-             give_back: bool = False) -> FailureOutcome:
+             give_back: bool = False, exception_class: str = "") -> FailureOutcome:
     """Record the run's attempt, then make the job `retrying` (after `retry_in`) or `failed`; inside the caller's
     transaction, with the job's row locked."""
     now = timezone.now()
     run_seconds = (now - job.started_at).total_seconds() if job.started_at else None
     JobError.objects.create(job=job, attempt=job.attempts, error=error[:10_000], traceback=traceback,
-                            worker=job.worker)
+                            worker=job.worker, exception_class=exception_class[:300])
     if retry_in is not None:
         next_at = now + timedelta(seconds=retry_in)
         Job.objects.filter(pk=job.pk).update(
@@ -330,8 +331,10 @@ def execute_job(*, kind: JobKind, job_id: str, params: dict, worker: str,
 
 def _failed(job_id: str, claim: Claim, exc: BaseException, *, error: str, retryable: bool) -> RunOutcome:
     trace = tb.format_exc()
+    exception_class = f"{type(exc).__module__}.{type(exc).__qualname__}"
     outcome = _with_database_retry(lambda: job_run_failed(job_id=job_id, token=claim.token, error=error,
-                                                          traceback=trace, retryable=retryable),
+                                                          traceback=trace, retryable=retryable,
+                                                          exception_class=exception_class),
                                    what="failure", job_id=job_id)
     if outcome is not None and outcome.retry_in is not None:
         return RunOutcome("retrying", retry_in=outcome.retry_in, error=exc)

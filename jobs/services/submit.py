@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -17,12 +18,16 @@ from ..infra import broker, counters, metrics
 from ..infra.events import emit
 from ..models import Job
 from ..registry import JobKind, get_kind
-from . import admission, statements
+from . import admission, statements, tracking
+from .audit import Action, audit_record
 from .errors import BrokerUnavailable, IdempotencyConflict, JobInputError, JobStateError, QueueFull
 from .runs import run_inline
 
 logger = logging.getLogger(__name__)
 S = Job.Status
+# The states each action takes a job from (one transition each, for one job or many).
+CANCELLABLE = (S.QUEUED, S.RETRYING, S.RUNNING)
+RETRYABLE = (S.FAILED, S.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,10 @@ def job_submit(
     priority: int | None = None,
     run_at: datetime | None = None,
     schedule_name: str = "",
+    queue: str | None = None,
 ) -> SubmitResult:
-    """Validate, admit (back pressure), record a job and publish it after commit; an inline kind runs now.
+    """Validate, admit (back pressure), record a job and publish it after commit; an inline kind runs now (one
+    scheduled for later is queued like any job, and a worker runs it when it is due).
 
     Raises JobInputError, QueueFull or BrokerUnavailable, with nothing written.
     """
@@ -63,19 +70,23 @@ def job_submit(
     clean_params = validate_params(job_kind, params or {})
     if priority is not None and not 0 <= priority <= 9:
         raise JobInputError([{"loc": ["priority"], "msg": "must be 0-9", "type": "range"}])
+    queue = queue or job_kind.queue
+    if queue not in settings.JOBS_QUEUES:
+        raise JobInputError([{"loc": ["queue"], "msg": f"must be one of {settings.JOBS_QUEUES}", "type": "queue"}])
     if idempotency_key is not None:
         existing = Job.objects.filter(owner=user, idempotency_key=idempotency_key).first()
         if existing is not None:
             return _same_submission(existing, kind=job_kind.name, params=clean_params)
-    admission.admit(kind=job_kind)
-
     now = timezone.now()
     due = run_at is None or run_at <= now
+    inline = job_kind.inline and due
+    admission.admit(queue=queue, inline=inline)
+
     job = Job(
-        id=uuid.uuid4(), kind=job_kind.name, params=clean_params, owner=user, queue=job_kind.queue,
+        id=uuid.uuid4(), kind=job_kind.name, params=clean_params, owner=user, queue=queue,
         priority=job_kind.priority if priority is None else priority, idempotency_key=idempotency_key,
         schedule_name=schedule_name, attempt_limit=job_kind.max_attempts, created_at=now, run_at=run_at or now,
-        published_at=now if due and not job_kind.inline else None,
+        published_at=now if due and not inline else None,
     )
     insert = statements.Insert(job)  # prepared before BEGIN: on SQLite the write lock is taken there
     try:
@@ -83,7 +94,7 @@ def job_submit(
             insert.run()
             if job_kind.on_submit is not None:
                 job_kind.on_submit(job, clean_params)
-            if due and not job_kind.inline:
+            if due and not inline:
                 transaction.on_commit(lambda: _publish(job))
             emit("submitted", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts,
                  run_at=job.run_at.isoformat())
@@ -93,8 +104,8 @@ def job_submit(
             raise
         return _same_submission(Job.objects.get(owner=user, idempotency_key=idempotency_key), kind=job_kind.name,
                                 params=clean_params)
-    admission.accepted(kind=job_kind)
-    if job_kind.inline:
+    admission.accepted(queue=queue, inline=inline)
+    if inline:
         run_inline(job=job, kind=job_kind)
     return SubmitResult(job, created=True)
 
@@ -129,7 +140,8 @@ def jobs_publish_due(*, now: datetime | None = None, limit: int = 1000) -> int:
     lost. Safe to run concurrently: each job is marked once."""
     now = now or timezone.now()
     published = 0
-    due = list(Job.objects.due(now).order_by("run_at")[:limit])
+    # A paused queue's jobs wait in the database for its resume (its consumers take nothing meanwhile).
+    due = list(Job.objects.due(now).not_paused().order_by("run_at")[:limit])
     # Each publish retries a while before it gives up: with the broker down, leave them all due instead.
     if not due or not broker.answers():
         return 0
@@ -155,21 +167,47 @@ def job_republish(*, job: Job) -> bool:
 
 
 @transaction.atomic
-def job_cancel(*, job: Job) -> Job:
-    """Cancel a job that has not finished: a queued one never starts, a running one stops at its next check."""
-    now = timezone.now()
-    was_running = job.status == S.RUNNING
-    changed = Job.objects.filter(pk=job.pk, status__in=[S.QUEUED, S.RETRYING, S.RUNNING]).update(
-        status=S.CANCELLED, cancelled_at=now, finished_at=now, claim_token=None, updated_at=now)
-    if not changed:
+def job_cancel(*, job: Job, actor=None) -> Job:
+    """Cancel a job that has not finished: a queued one never starts, a running one stops at its next check.
+
+    `actor`: the user who asked, recorded in the audit log (None: the platform itself, not recorded)."""
+    if job.tracked:
+        job = tracking.tracked_task_cancel(job=job)
+    else:
+        now = timezone.now()
+        was_running = job.status == S.RUNNING
+        if not _cancel_update(Job.objects.filter(pk=job.pk), now=now):
+            job.refresh_from_db()
+            raise JobStateError(f"a {job.status} job cannot be cancelled")
+        _after_cancel(job, was_running=was_running)
         job.refresh_from_db()
-        raise JobStateError(f"a {job.status} job cannot be cancelled")
+    if actor is not None:
+        audit_record(actor=actor, action=Action.JOB_CANCEL, target=f"job:{job.id}", count=1)
+    return job
+
+
+def jobs_cancel_locked(*, jobs: list[Job]) -> list[Job]:
+    """Cancel many jobs as job_cancel does one, in one UPDATE: those whose rows the caller's transaction locked
+    and read in a cancellable state. Returns the jobs cancelled."""
+    jobs = [job for job in jobs if job.status in CANCELLABLE and not job.tracked]
+    if jobs and not _cancel_update(Job.objects.filter(pk__in=[job.pk for job in jobs]), now=timezone.now()):
+        return []
+    for job in jobs:
+        _after_cancel(job, was_running=job.status == S.RUNNING)
+    return jobs
+
+
+def _cancel_update(jobs, *, now: datetime) -> int:
+    """The cancel transition, on those of `jobs` still cancellable."""
+    return jobs.filter(status__in=CANCELLABLE).update(status=S.CANCELLED, cancelled_at=now, finished_at=now,
+                                                      claim_token=None, updated_at=now)
+
+
+def _after_cancel(job: Job, *, was_running: bool) -> None:
     kind = get_kind(job.kind)
     if was_running and kind is not None and kind.terminable:
         transaction.on_commit(lambda: _stop_run(job))
     emit("cancelled", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts)
-    job.refresh_from_db()
-    return job
 
 
 def _stop_run(job: Job) -> None:
@@ -181,26 +219,63 @@ def _stop_run(job: Job) -> None:
 
 
 @transaction.atomic
-def job_retry(*, job: Job) -> Job:
-    """Run a failed or cancelled job again with its original parameters and a fresh attempt budget."""
-    kind = get_kind(job.kind)
-    if kind is None:
-        raise JobStateError(f"job kind {job.kind!r} no longer exists")
+def job_retry(*, job: Job, actor=None) -> Job:
+    """Run a failed or cancelled job again with its original parameters and a fresh attempt budget.
+
+    `actor`: the user who asked, recorded in the audit log (None: the platform itself, not recorded)."""
+    if job.tracked:
+        job = tracking.tracked_task_retry(job=job)
+    else:
+        kind = get_kind(job.kind)
+        if kind is None:
+            raise JobStateError(f"job kind {job.kind!r} no longer exists")
+        if not _retry_update(Job.objects.filter(pk=job.pk), kind=kind, now=timezone.now()):
+            job.refresh_from_db()
+            raise JobStateError(f"a {job.status} job cannot be retried")
+        job.refresh_from_db()
+        _after_retry([job])
+    if actor is not None:
+        audit_record(actor=actor, action=Action.JOB_RETRY, target=f"job:{job.id}", count=1)
+    return job
+
+
+def jobs_retry_locked(*, jobs: list[Job]) -> list[Job]:
+    """Retry many jobs as job_retry does one, one UPDATE per kind: those whose rows the caller's transaction
+    locked and read failed or cancelled (of a kind that still exists). Returns the jobs retried."""
     now = timezone.now()
-    changed = Job.objects.filter(pk=job.pk, status__in=[S.FAILED, S.CANCELLED]).update(
+    retried = []
+    by_kind: dict[str, list[Job]] = {}
+    for job in jobs:
+        if job.status in RETRYABLE and not job.tracked:
+            by_kind.setdefault(job.kind, []).append(job)
+    for name, of_kind in by_kind.items():
+        kind = get_kind(name)
+        if kind is not None and _retry_update(Job.objects.filter(pk__in=[job.pk for job in of_kind]), kind=kind,
+                                              now=now):
+            retried += of_kind
+    for job in retried:
+        job.status = S.QUEUED
+    _after_retry(retried)
+    return retried
+
+
+def _retry_update(jobs, *, kind: JobKind, now: datetime) -> int:
+    """The retry transition, on those of `jobs` still failed or cancelled."""
+    return jobs.filter(status__in=RETRYABLE).update(
         status=S.QUEUED, attempt_limit=F("attempts") + kind.max_attempts, claim_token=None, error="",
         progress_done=0, progress_total=0, progress_message="", run_at=now, published_at=now, started_at=None,
         finished_at=None, cancelled_at=None, next_attempt_at=None, updated_at=now,
     )
-    if not changed:
-        job.refresh_from_db()
-        raise JobStateError(f"a {job.status} job cannot be retried")
-    # The job's one result is the result of its latest run.
-    TaskResult.objects.filter(task_id=str(job.id)).delete()
-    job.refresh_from_db()
-    transaction.on_commit(lambda: _publish(job))
-    emit("retried", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts)
-    return job
+
+
+def _after_retry(jobs: list[Job]) -> None:
+    if not jobs:
+        return
+    # A job's one result is the result of its latest run.
+    TaskResult.objects.filter(task_id__in=[str(job.id) for job in jobs]).delete()
+    transaction.on_commit(lambda: [_publish(job) for job in jobs])
+    for job in jobs:
+        emit("retried", job_id=job.id, kind=job.kind, queue=job.queue, attempt=job.attempts)
 
 
 def job_submit_scheduled(*, schedule_name: str, kind: str, params: dict | None, owner: str | None,
@@ -216,6 +291,7 @@ def job_submit_scheduled(*, schedule_name: str, kind: str, params: dict | None, 
         if user is None:
             logger.error("scheduled run skipped: owner %r is not an active user schedule=%r", owner, schedule_name)
             counters.count_event("schedule_invalid")
+            _log_unsubmitted_run(schedule_name, "invalid", f"its owner {owner!r} is not an active user")
             return "invalid"
     try:
         outcome = job_submit(user=user, kind=kind, params=params or {}, schedule_name=schedule_name[:200],
@@ -223,10 +299,19 @@ def job_submit_scheduled(*, schedule_name: str, kind: str, params: dict | None, 
     except JobInputError as exc:
         logger.error("scheduled run skipped: invalid schedule=%r kind=%r error=%s", schedule_name, kind, exc)
         counters.count_event("schedule_invalid")
+        _log_unsubmitted_run(schedule_name, "invalid", str(exc))
         return "invalid"
     except (QueueFull, BrokerUnavailable) as exc:
         logger.warning("scheduled run refused schedule=%r kind=%s reason=%r", schedule_name, kind, str(exc))
         counters.count_event("schedule_refused", schedule=schedule_name or kind)
+        _log_unsubmitted_run(schedule_name, "refused", str(exc))
         return "refused"
     counters.count_event("schedule_submitted")
     return f"submitted {outcome.job.id}"
+
+
+def _log_unsubmitted_run(schedule_name: str, event: str, reason: str) -> None:
+    """A run that made no job, in its schedule's run history."""
+    if schedule_name:
+        counters.record_schedule_event(schedule_name, {"event": event, "at": timezone.now().timestamp(),
+                                                       "reason": reason[:500]})

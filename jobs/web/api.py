@@ -241,7 +241,7 @@ class JobIn(Schema):
 
     # strict: a JSON number is not a kind, `true` is not a priority, and a number is not a time (the schema
     # says string; pydantic's lax mode would read it as a Unix timestamp).
-    kind: str = Field(..., min_length=1, max_length=100, strict=True, description="A kind from GET /api/kinds.")
+    kind: str = Field(..., min_length=1, max_length=200, strict=True, description="A kind from GET /api/kinds.")
     params: dict[str, Any] = Field(default_factory=dict, description="The kind's parameters (its JSON schema).")
     idempotency_key: str | None = Field(
         None, min_length=1, max_length=200, strict=True,
@@ -324,7 +324,7 @@ class KindOut(Schema):
 
 class JobFilters(Schema):
     status: Job.Status | None = None
-    kind: str | None = Field(None, max_length=100)
+    kind: str | None = Field(None, max_length=200)
 
 
 def _with_result(job: Job) -> Job:
@@ -422,6 +422,8 @@ class QueueOut(Schema):
 
 
 class QueuesOut(Schema):
+    broker: str = Field(..., description="The broker: `redis`, `rabbitmq` or `sqs` (Amazon SQS, whose depths are "
+                                         "approximate: eventually consistent, up to a minute behind).")
     accepting: bool
     total_depth: int
     limit: int
@@ -437,6 +439,7 @@ def queue_state(request):
     if snap is None:
         raise services.BrokerUnavailable(overview.broker_error)
     return {
+        "broker": overview.broker,
         "accepting": snap.accepting,
         "total_depth": snap.total_depth,
         "limit": snap.total_limit,

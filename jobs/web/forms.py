@@ -125,7 +125,7 @@ def params_form(kind: JobKind, data=None) -> ParamsForm:
 class SubmitOptionsForm(forms.Form):
     """What every submission has besides its parameters."""
 
-    kind = forms.CharField(widget=forms.HiddenInput, max_length=100)
+    kind = forms.CharField(widget=forms.HiddenInput, max_length=200)
     priority = forms.TypedChoiceField(
         label="Priority",
         choices=[("", "The kind's default")] + [(str(p), str(p)) for p in range(9, -1, -1)],
@@ -141,6 +141,12 @@ class SubmitOptionsForm(forms.Form):
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"],
         help_text="UTC. Leave empty to start as soon as a worker is free.",
     )
+
+    def __init__(self, *args, kind: JobKind | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if kind is not None and kind.inline:
+            self.fields["run_at"].help_text = ("UTC. Leave empty to run it at once, in this request; a later time "
+                                               "queues it, and a worker runs it then.")
 
     def clean_run_at(self):
         value = self.cleaned_data["run_at"]

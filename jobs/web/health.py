@@ -1,4 +1,4 @@
-"""GET /healthz: is the database answering, is the broker answering."""
+"""GET /healthz: is the database answering, is the broker answering (and which broker it is)."""
 from django.db import connection
 from django.http import JsonResponse
 
@@ -16,4 +16,4 @@ def healthz(request):
     if overview.snapshot is None:
         checks["broker"] = f"down: {overview.broker_error}"
     healthy = all(v == "ok" for v in checks.values())
-    return JsonResponse(checks, status=200 if healthy else 503)
+    return JsonResponse({**checks, "broker_kind": overview.broker}, status=200 if healthy else 503)

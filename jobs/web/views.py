@@ -65,11 +65,14 @@ def job_list(request):
     status = request.GET.get("status") or None
     if status not in Job.Status.values:
         status = None
-    kind = request.GET.get("kind") or None
-    if kind is not None and get_kind(kind) is None:
-        kind = None
+    # A kind, or a tracked Celery task's name (not a kind: any name a Job row may hold).
+    kind = (request.GET.get("kind") or "")[:200] or None
     search = request.GET.get("q", "").strip()[:64]
+    param = request.GET.get("param", "").strip()[:200]
+    error = request.GET.get("error", "").strip()[:200]
+    filters = {"kind": kind, "q": search, "param": param, "error": error}
     page = selectors.job_page(user=request.user, status=status, kind=kind, id_prefix=search or None,
+                              param=param or None, error=error or None,
                               older_than=request.GET.get("older"), newer_than=request.GET.get("newer"))
     counts = selectors.job_status_counts_capped(user=request.user)
     # What each row shows is prepared here, once: per-row url reversing and date formatting in
@@ -94,18 +97,22 @@ def job_list(request):
         "status": status,
         "kind": kind,
         "search": search,
+        "param": param,
+        "error": error,
         "search_too_short": bool(search) and len(search.replace("-", "")) < selectors.SEARCH_MIN_DIGITS,
         "search_min": selectors.SEARCH_MIN_DIGITS,
+        "searched_to": page.searched_to,
+        "search_scan_rows": intcomma(selectors.SEARCH_SCAN_ROWS),
         "kinds": all_kinds(),
-        "status_tabs": [{"status": None, "label": "All", "count": None, "url": _list_url(kind=kind, q=search),
+        "status_tabs": [{"status": None, "label": "All", "count": None, "url": _list_url(**filters),
                          "current": status is None}] + [
             {"status": s, "label": s.label, "count": f"{intcomma(cap)}+" if counts[s] > cap else intcomma(counts[s]),
-             "url": _list_url(status=s, kind=kind, q=search), "current": status == s}
+             "url": _list_url(status=s, **filters), "current": status == s}
             for s in STATUS_ORDER
         ],
-        "older_url": _list_url(status=status, kind=kind, q=search, older=page.older) if page.older else None,
-        "newer_url": _list_url(status=status, kind=kind, q=search, newer=page.newer) if page.newer else None,
-        "newest_url": _list_url(status=status, kind=kind, q=search) if not is_first_page else None,
+        "older_url": _list_url(status=status, **filters, older=page.older) if page.older else None,
+        "newer_url": _list_url(status=status, **filters, newer=page.newer) if page.newer else None,
+        "newest_url": _list_url(status=status, **filters) if not is_first_page else None,
         # New jobs appear on the first page, and unfinished ones change: watch those.
         "live": is_first_page or any(not job.is_finished for job in page.jobs),
         "panel_url": request.get_full_path(),
@@ -124,7 +131,7 @@ def job_new(request):
     kinds = all_kinds()
     data = request.POST if request.method == "POST" else None
     kind = get_kind((data or request.GET).get("kind", "")) or (None if data is not None else kinds[0])
-    options = forms.SubmitOptionsForm(data, initial={"kind": kind.name if kind else ""})
+    options = forms.SubmitOptionsForm(data, initial={"kind": kind.name if kind else ""}, kind=kind)
     params = forms.params_form(kind, data) if kind is not None else None
     status_code = 200
     if data is not None:

@@ -4,6 +4,15 @@
 
   document.documentElement.classList.add("js");
 
+  // --- Live parts poll only while the page is in view --------------------------------------
+  // Here rather than as an hx-trigger filter: htmx runs those through eval, which the page's
+  // Content-Security-Policy forbids.
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    var elt = event.detail && event.detail.elt;
+    var trigger = elt && elt.getAttribute ? elt.getAttribute("hx-trigger") || "" : "";
+    if (/^every\s/.test(trigger) && document.visibilityState !== "visible") event.preventDefault();
+  });
+
   // --- A submission the queue refused (503) is sent again by itself, with backoff ---------
   // The wait is the server's Retry-After or an exponential backoff with full jitter,
   // whichever is longer, so that many refused browsers do not come back at the same moment.

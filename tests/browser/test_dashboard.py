@@ -349,3 +349,39 @@ def test_the_api_docs_render_their_operations_with_no_other_host_reachable(page,
     expect(page.get_by_text("Submit a job").first).to_be_visible()
     expect(page.get_by_text("Cancel a job").first).to_be_visible()
     assert asked_elsewhere == []
+
+
+def test_a_tracked_celery_task_fails_is_run_again_from_the_dashboard_and_keeps_its_history(
+        page, staff_user, worker_factory, redis_server, settings, tmp_path):
+    """A plain @shared_task the project had before the platform: seen, run again with its arguments, kept."""
+    from tests.celery_tasks_for_tests import needs_file
+
+    settings.JOBS_TRACK_CELERY_TASKS = ["tests.celery_tasks_for_tests.*"]
+    worker = worker_factory()
+    marker = tmp_path / "needed"
+    sent = needs_file.delay(str(marker))
+    log_in(page, "staff", "staff-password-1")
+    page.goto(f"/jobs/{sent.id}")
+    expect(status_badge(page)).to_have_text("failed", timeout=LONG)
+    expect(page.locator(".tracked-note")).to_contain_text("keeps Celery's own semantics")
+    expect(page.locator(".attempts")).to_contain_text("FileNotFoundError")
+    screenshot(page, "tracked-01-failed")
+
+    marker.write_text("now it exists")
+    mark_page(page)
+    page.get_by_role("button", name="Run again").click()
+    expect(status_badge(page)).to_have_text("succeeded", timeout=LONG)
+    assert_not_reloaded(page)
+    expect(page.locator(".attempts")).to_contain_text("FileNotFoundError")  # the failed run stays in its history
+
+    # Every process but the test's own goes and comes back; Redis comes back empty. The ledger keeps it all.
+    worker.stop(timeout=10)
+    redis_server.stop()
+    redis_server.start()
+    worker_factory()
+    page.goto("/?kind=tests.celery_tasks_for_tests.needs_file")
+    expect(page.locator("#jobs-panel")).to_contain_text("succeeded")
+    page.goto(f"/jobs/{sent.id}")
+    expect(status_badge(page)).to_have_text("succeeded")
+    expect(page.locator(".attempts")).to_contain_text("FileNotFoundError")
+    screenshot(page, "tracked-02-after-restart")

@@ -133,6 +133,20 @@ def test_scheduled_job_is_published_when_due(live_worker, user):
     assert done.started_at >= done.run_at
 
 
+def test_an_inline_kind_scheduled_for_later_is_queued_and_a_worker_runs_it_when_due(live_worker, user):
+    """Inline means "at once, in the request" for a job due now; one asked for later cannot run in the request."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    outcome = services.job_submit(user=user, kind="word_count", params={"text": "later, later"},
+                                  run_at=timezone.now() + timedelta(seconds=1))
+    assert outcome.job.status == S.QUEUED and Job.objects.get(pk=outcome.job.pk).started_at is None
+    done = job_in(outcome.job.pk, S.SUCCEEDED)
+    assert done.started_at >= done.run_at and not done.worker.startswith("inline@")
+    assert selectors.job_result_value(job=done)["words"] == 2
+
+
 def test_cancel_terminates_a_running_job_of_a_terminable_kind(live_worker, user, tmp_path):
     marker = tmp_path / "started"
     job = services.job_submit(user=user, kind="test_terminable", params={"seconds": 120, "marker": str(marker)}).job
