@@ -93,7 +93,7 @@ def child(args) -> None:
         now = timezone.now()
         with transaction.atomic():
             Job.objects.filter(pk=job.pk, attempts__lt=F("attempt_limit"), run_at__lte=now).filter(
-                statements.claimable(now)).update(status=S.RUNNING, claim_token=uuid.uuid4(),
+                statements.claimable(now)).not_paused().update(status=S.RUNNING, claim_token=uuid.uuid4(),
                                                   attempts=F("attempts") + 1, worker="w", started_at=now,
                                                   lease_expires_at=now, next_attempt_at=None, updated_at=now)
             Job.objects.filter(pk=job.pk).values_list("attempts", flat=True).get()

@@ -35,6 +35,9 @@ class SingleBeatScheduler(DatabaseScheduler):
     The leader renews its lock at every tick and sleeps at most a third of the lock's life
     between ticks, so it keeps the lock while alive. A leader that stops cleanly releases it
     and a standby takes over within STANDBY_POLL seconds; one that dies leaves it to expire.
+
+    Taking the lock, it first applies the user schedules' catch-up policies to the runs missed while no beat
+    dispatched; each send is recorded in Redis, which is where the next leader starts from.
     """
 
     # Long enough that a leader slowed by a busy database keeps its lock, short enough that a
@@ -72,6 +75,10 @@ class SingleBeatScheduler(DatabaseScheduler):
             # Start from the database's schedule, where the previous leader recorded its last runs.
             self._initial_read = True
             self._heap = None
+            # The heap is built afresh from that read. A rebuild still pending from a change seen while standing by
+            # would rebuild it once more after the first sends, from entries older than those sends: an entry due
+            # at the takeover would be sent twice.
+            self._heap_invalidated = False
         elif not held and self._leader:
             logger.warning("beat lock lost: this beat stops dispatching (%s)", self._token)
         self._leader = held

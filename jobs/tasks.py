@@ -295,7 +295,8 @@ def _tracked_revoked(sender=None, request=None, **kwargs) -> None:
 
 class Heartbeat:
     """Every JOBS_HEARTBEAT_SECONDS, from the worker's main process: renew the leases of the jobs it runs, say what
-    it holds, take back the jobs of workers that stopped beating, and publish what waits for a message.
+    it holds, take back the jobs of workers that stopped beating, publish what waits for a message, and settle
+    which of its queues it consumes with the paused ones (a pause or resume broadcast it missed).
 
     A thread of its own, not the event loop's timer: a solo or threads pool runs jobs in the main
     process, where a long run would hold the timer (and the leases) back, and a slow database must
@@ -308,6 +309,8 @@ class Heartbeat:
         self.pid = os.getpid()
         self.app = consumer.app
         self.concurrency = getattr(consumer.controller, "concurrency", 0) or 0
+        # The queues it was started with (--queues), paused ones included: what it consumes again on resume.
+        self.serves = sorted(self.app.amqp.queues.consume_from)
         # Since when every beat has reached the database. Other workers' jobs are taken back only once
         # that is a whole lease: after a database outage every lease has lapsed, and their live
         # workers must get the time to renew them first.
@@ -317,6 +320,18 @@ class Heartbeat:
 
     def start(self) -> None:
         self._thread.start()
+
+    def leave_paused_queues(self, consumer) -> None:
+        """At start, in the event loop's thread and before it takes a message: stop consuming the paused queues."""
+        try:
+            leave = services.worker_queues_to_leave(serves=self.serves)
+        except Exception:  # noqa: BLE001 - the database may be down: the first good beat settles it, and the
+            # claim refuses a paused queue's jobs meanwhile
+            logger.exception("could not read the paused queues worker=%s", self.name)
+            return
+        for queue in leave:
+            logger.info("queue %s is paused: not consuming it until it is resumed", queue)
+            consumer.cancel_task_queue(queue)
 
     def stop(self) -> None:
         self._stop.set()
@@ -340,9 +355,23 @@ class Heartbeat:
         if self._steady_since is None:
             self._steady_since = now
         running, held = self._requests()
-        services.worker_beat(name=self.name, pid=self.pid, queues=list(self.app.amqp.queues.consume_from),
+        # Read before the paused queues are (in the service): a resume between the two reads then sends an
+        # add_consumer again, which is harmless, rather than a cancel that would stop the resumed queue for a beat.
+        consuming = self._consuming()
+        services.worker_beat(name=self.name, pid=self.pid, queues=self.serves,
                              concurrency=self.concurrency, running_ids=running, held_ids=held,
                              reclaim=now - self._steady_since >= settings.JOBS_LEASE_SECONDS)
+        if consuming is not None:
+            services.worker_consumers_reconcile(worker=self.name, serves=self.serves, consuming=consuming)
+
+    def _consuming(self) -> list[str] | None:
+        """The queues the consumer takes messages from now (the event loop changes them as we read)."""
+        for _ in range(5):
+            try:
+                return list(self.app.amqp.queues.consume_from)
+            except RuntimeError:
+                continue
+        return None
 
     @staticmethod
     def _requests() -> tuple[list[str], list[str]]:
@@ -366,6 +395,7 @@ def _start_heartbeat(sender=None, **kwargs) -> None:
     global _heartbeat
     if _heartbeat is None:  # worker_ready comes again after each reconnection to the broker
         _heartbeat = Heartbeat(sender)
+        _heartbeat.leave_paused_queues(sender)
         _heartbeat.start()
 
 

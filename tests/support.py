@@ -218,11 +218,16 @@ def forget_broker_connections() -> None:
     """Drop the Celery app's broker connections, so that the next publish or depth read connects to the broker
     its configuration names now."""
     from celery import current_app
+    from kombu import pools
 
     if current_app._pool is not None:
         current_app._pool.force_close_all()
     current_app._pool = None
     current_app.amqp._producer_pool = None
+    # kombu keeps a pool per broker URL for the whole process, and the remote control its producer pool: a pool
+    # closed here would be handed out again when the app returns to that broker.
+    pools.reset()
+    current_app.control.mailbox.__dict__.pop("producer_pool", None)
 
 
 def database_url_for_subprocess() -> str:

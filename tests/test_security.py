@@ -23,7 +23,8 @@ from tests.support import BASE_DIR, LOG_DIR, database_url_for_subprocess, free_p
 
 pytestmark = pytest.mark.django_db
 
-SAMPLE_ARGS = {"job_id": uuid.UUID("0d4b8f7e-4c1f-4a55-9a43-1b6c2f8f0e11"), "token_id": 1}
+SAMPLE_ARGS = {"job_id": uuid.UUID("0d4b8f7e-4c1f-4a55-9a43-1b6c2f8f0e11"), "token_id": 1, "queue": "default",
+               "schedule_id": 1, "reader_id": 1, "post_id": uuid.UUID("5b7c1a2e-9d3f-4e8a-b6c4-2f1e0d9c8b7a")}
 
 
 def api_operations(client) -> list[tuple[str, str]]:

@@ -1,5 +1,6 @@
 """Cluster-wide numbers kept in the platform's Redis: the drain rate, submission outcomes, housekeeping events,
-and the gates' closed flags. All of them are advice: a number lost with Redis is only a number."""
+the gates' closed flags, and user schedules' last sends and runs that made no job. All of them are advice: a
+number lost with Redis is only a number."""
 from __future__ import annotations
 
 import json

@@ -77,8 +77,12 @@ class Migration(migrations.Migration):
             ],
             options={
                 'ordering': ['-at', '-id'],
-                'indexes': [models.Index(fields=['-at', '-id'], name='audit_at_idx'), models.Index(fields=['action', '-at'], name='audit_action_at_idx'), models.Index(fields=['actor', '-at'], name='audit_actor_at_idx'), models.Index(fields=['target', '-at'], name='audit_target_at_idx')],
+                'indexes': [models.Index(fields=['-at', '-id'], name='audit_at_idx'), models.Index(fields=['action', '-at'], name='audit_action_at_idx'), models.Index(fields=['actor_name', '-at'], name='audit_actor_at_idx'), models.Index(fields=['target', '-at'], name='audit_target_at_idx')],
             },
+        ),
+        migrations.AddIndex(
+            model_name='job',
+            index=models.Index(fields=['schedule_name', '-created_at'], name='job_schedule_created_idx'),
         ),
         migrations.RunPython(create_operator_groups, remove_operator_groups),
     ]

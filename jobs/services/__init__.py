@@ -1,6 +1,10 @@
 """Services: every write and every state transition of a job, and admission. Callers parse, call one, answer."""
+from .audit import audit_record
 from .errors import (BrokerUnavailable, IdempotencyConflict, JobInputError, JobStateError, NotPermitted, QueueFull,
                      ScheduleNameTaken)
+from .errors import NotFound
+from .operations import (BulkResult, JobFilter, jobs_bulk, jobs_matching, operator_groups_ensure, paused_queue_names,
+                         queue_pause, queue_resume, worker_consumers_reconcile, worker_queues_to_leave)
 from .recovery import delete_expired, recover_jobs
 from .runs import (Claim, FailureOutcome, JobCancelled, JobContext, RunOutcome, execute_job, full_jitter_backoff,
                    job_claim, job_is_current, job_progress, job_run_failed, job_run_lost, job_succeed, worker_name)
@@ -15,6 +19,9 @@ from .tokens import api_token_create, api_token_revoke, api_token_user, forget_t
 from .workers import held_by_live_workers, jobs_reclaim_lapsed, worker_beat, worker_heartbeat, worker_stopped
 
 __all__ = [
+    "BulkResult", "JobFilter", "NotFound", "audit_record", "jobs_bulk", "jobs_matching", "operator_groups_ensure",
+    "paused_queue_names", "worker_queues_to_leave",
+    "queue_pause", "queue_resume", "worker_consumers_reconcile",
     "BrokerUnavailable", "Claim", "IdempotencyConflict", "FailureOutcome", "JobCancelled", "JobContext", "JobInputError", "JobStateError",
     "MissedRuns", "NotPermitted", "QueueFull", "RunOutcome", "SCHEDULED_JOB_TASK", "ScheduleNameTaken",
     "schedule_create", "schedule_dispatched", "schedule_pause", "schedule_resume", "schedule_run_now",

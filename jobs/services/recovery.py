@@ -36,7 +36,8 @@ def recover_jobs(*, stale_after: float | None = None, now=None) -> dict[str, int
     if restarted_at is not None and restarted_at > older_than:
         # Redis restarted since: a message sent before then is there only if Redis kept it, which is checked below.
         older_than = restarted_at
-    stale = list(Job.objects.stale_queued(older_than).order_by("published_at")[:5000])
+    # A paused queue's messages wait in the broker by design (and RabbitMQ's or SQS's cannot be listed).
+    stale = list(Job.objects.stale_queued(older_than).not_paused().order_by("published_at")[:5000])
     if stale and broker_kind() == "sqs":
         for job in _lost_on_sqs(stale, now=now, stale_after=stale_after):
             counts["republished"] += job_republish(job=job)

@@ -31,7 +31,7 @@ from ..infra import broker, counters
 from ..infra.broker import SoftTimeLimitExceeded
 from ..infra.db import is_database_down
 from ..infra.events import emit
-from ..models import Job, JobError
+from ..models import Job, JobError, QueuePause
 from ..registry import JobKind, get_kind, hard_time_limit
 from . import statements
 
@@ -78,11 +78,25 @@ def job_claim(*, job_id: str, kind: JobKind, worker: str, wait_seconds: float | 
     lease = now + timedelta(seconds=settings.JOBS_LEASE_SECONDS if lease_seconds is None else lease_seconds)
     attempt = statements.claim(job_id=job_id, token=token, worker=worker[:200], now=now, lease=lease)
     if attempt is None:
+        _hand_back_if_paused(job_id)
         return None
     emit("running", job_id=job_id, kind=kind.name, queue=kind.queue, attempt=attempt, wait_seconds=wait_seconds,
          worker=worker)
     counters.record_drained(kind.queue)
     return Claim(token=token, started_at=now, attempt=attempt)
+
+
+def _hand_back_if_paused(job_id: str) -> None:
+    """The claim refused a waiting job of a paused queue: mark it unpublished, so that publish-due sends it again once
+    the queue is resumed (it leaves paused queues alone meanwhile). Its message is then acknowledged and dropped.
+
+    The workers stop consuming a paused queue, so its messages stay in the broker; this covers what reaches a
+    worker all the same: a message taken just before the pause reached it, a retry it held for its countdown, a
+    worker that missed the broadcast, and SQS, which has no broadcast. Nothing runs while paused, nothing is lost.
+    """
+    if Job.objects.filter(pk=job_id, status__in=S.claimable(), tracked=False,
+                          queue__in=QueuePause.objects.values("queue")).update(published_at=None):
+        logger.info("handed back a job of a paused queue job=%s; it is published again on resume", job_id)
 
 
 def job_progress(*, job_id: str, token: uuid.UUID, done: int, total: int, message: str) -> bool:

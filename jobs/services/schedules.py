@@ -18,6 +18,7 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule, Periodi
 from ..infra import counters
 from ..models import Job
 from ..registry import get_kind
+from .audit import Action, audit_record
 from .errors import JobInputError, JobStateError, NotPermitted, ScheduleNameTaken
 from .submit import job_submit, validate_params
 
@@ -41,6 +42,8 @@ MANAGE_OTHERS_PERMISSION = "django_celery_beat.change_periodictask"
 
 MAX_EVERY_SECONDS = 366 * 24 * 3600
 CRONTAB_FIELDS = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+CRONTAB_RANGES = {"minute": (60, 0), "hour": (24, 0), "day_of_month": (31, 1), "month_of_year": (12, 1),
+                  "day_of_week": (7, 0)}  # (how many values, the first)
 # Counting missed crontab runs one by one stops here ("at least this many").
 MISSED_COUNT_CAP = 10_000
 
@@ -98,10 +101,10 @@ def _require_manage(user, task: PeriodicTask) -> ScheduledJob:
     return job
 
 
-def _record_operator_action(*, user, action: str, task: PeriodicTask, **detail) -> None:
-    """Who did what to which schedule: the one place operator actions on schedules are recorded."""
-    logger.info("schedule %s schedule=%r id=%s by=%s %s", action, task.name, task.pk, user.get_username(),
-                " ".join(f"{k}={v!r}" for k, v in detail.items()))
+def _record(*, user, action: str, task: PeriodicTask, **detail) -> None:
+    """The audit entry of an action on a schedule, in the transaction that performs it."""
+    audit_record(actor=user, action=action, target=f"schedule:{task.name}", detail=detail)
+    logger.info("%s schedule=%r id=%s by=%s", action, task.name, task.pk, user.get_username())
 
 
 # --- When a schedule runs -------------------------------------------------------------
@@ -117,16 +120,19 @@ def _at(schedule, now: datetime):
 def next_fire_after(schedule, last_run_at: datetime, *, now: datetime) -> datetime:
     """When beat sends a schedule next, given when it last did: Celery's own arithmetic (so in the crontab's
     time zone, across daylight saving changes, as beat does it). In the past when it is due."""
-    return now + _at(schedule, now).remaining_estimate(last_run_at)
+    # In UTC: an aware datetime plus a timedelta is wall-clock arithmetic in its own zone, which lands an hour off
+    # (or on a time that does not exist) across a daylight saving change.
+    return now.astimezone(dt_timezone.utc) + _at(schedule, now).remaining_estimate(last_run_at)
 
 
 def beat_last_run(task: PeriodicTask, sent_at: float | None) -> datetime | None:
-    """The last run beat knows of: the database's last_run_at (written every sync_every seconds), or the
-    later send recorded in Redis. None once a pause cleared it (the schedule then starts from its resume)."""
+    """The last run beat knows of: the database's last_run_at (beat writes it every sync_every seconds), or the
+    send recorded in Redis when that is later, and later than the row's last change too: a pause clears
+    last_run_at and a resume saves the row, so that a resumed schedule starts from its resume, not its old sends."""
     last = task.last_run_at
-    if last is not None and sent_at is not None:
+    if sent_at is not None:
         sent = datetime.fromtimestamp(sent_at, dt_timezone.utc)
-        if sent > last:
+        if sent > max(last or task.date_changed, task.date_changed):
             return sent
     return last
 
@@ -159,6 +165,7 @@ def missed_runs(task: PeriodicTask, base: datetime, *, now: datetime) -> tuple[i
     """How many times beat would have sent the schedule after `base` and up to `now`, and the last of them.
 
     Interval and crontab schedules only (a clocked one runs once, a solar one is left to Celery)."""
+    base, now = base.astimezone(dt_timezone.utc), now.astimezone(dt_timezone.utc)
     if task.interval_id:
         period = timedelta(**{task.interval.period: task.interval.every}).total_seconds()
         if period <= 0:
@@ -190,11 +197,16 @@ def _crontab_fields(text: str, zone: str, errors: list[dict]) -> dict | None:
         if len(value) > CrontabSchedule._meta.get_field(name).max_length:
             errors.append({"loc": ["crontab"], "msg": f"{name} is too long", "type": "crontab"})
             return None
-    try:
-        celery_schedules.crontab(**fields)
-    except Exception as exc:  # noqa: BLE001 - Celery's parser raises ValueError and its own ParseException
-        errors.append({"loc": ["crontab"], "msg": f"not a valid crontab: {exc}", "type": "crontab"})
-        return None
+    for name, value in fields.items():
+        size, first = CRONTAB_RANGES[name]
+        try:
+            # Field by field, as cron does: a day that never occurs in the months given is a crontab that never
+            # runs (Celery's crontab() refuses it; beat then leaves the schedule out).
+            celery_schedules.crontab_parser(size, first).parse(value)
+        except Exception as exc:  # noqa: BLE001 - Celery's parser raises ValueError and its own ParseException
+            errors.append({"loc": ["crontab"], "msg": f"not a valid crontab: {name.replace('_', ' ')}: {exc}",
+                           "type": "crontab"})
+            return None
     try:
         ZoneInfo(zone)
     except Exception:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError for paths, ...
@@ -228,7 +240,6 @@ def schedule_create(*, user, name: str, kind: str, params: dict | None = None, e
     if username != user.get_username() and not (user.is_staff and user.has_perm(CREATE_OTHERS_PERMISSION)):
         raise NotPermitted("only staff with the permission to add schedules may schedule jobs as another user")
     errors: list[dict] = []
-    name = (name or "").strip()
     if not name:
         errors.append({"loc": ["name"], "msg": "must not be blank", "type": "blank"})
     elif len(name) > PeriodicTask._meta.get_field("name").max_length:
@@ -272,7 +283,7 @@ def schedule_create(*, user, name: str, kind: str, params: dict | None = None, e
             task.save()
     except IntegrityError:
         raise ScheduleNameTaken(f"a schedule named {name!r} exists already") from None
-    _record_operator_action(user=user, action="create", task=task, kind=job_kind.name)
+    _record(user=user, action=Action.SCHEDULE_CREATE, task=task, kind=job_kind.name, run_as=owner.get_username())
     return task
 
 
@@ -289,10 +300,11 @@ def schedule_run_now(*, user, task: PeriodicTask) -> Job:
         if owner is None:
             raise JobStateError(f"it runs as {job.owner!r}, who is not an active user")
     try:
-        outcome = job_submit(user=owner, kind=job.kind, params=job.params, schedule_name=task.name[:200])
+        with transaction.atomic():
+            outcome = job_submit(user=owner, kind=job.kind, params=job.params, schedule_name=task.name[:200])
+            _record(user=user, action=Action.SCHEDULE_RUN, task=task, job=str(outcome.job.id))
     except JobInputError as exc:
         raise JobStateError(f"its job cannot be submitted: {exc}") from None
-    _record_operator_action(user=user, action="run_now", task=task, job=str(outcome.job.id))
     return outcome.job
 
 
@@ -305,12 +317,12 @@ def _set_enabled(*, user, task: PeriodicTask, enabled: bool) -> PeriodicTask:
             # save(), not update(): it tells beat that the schedules changed (and a pause clears last_run_at, so
             # that a resumed schedule counts from its resume: the paused time holds no missed runs).
             task.save()
-    _record_operator_action(user=user, action="resume" if enabled else "pause", task=task)
+            _record(user=user, action=Action.SCHEDULE_RESUME if enabled else Action.SCHEDULE_PAUSE, task=task)
     return task
 
 
 def schedule_pause(*, user, task: PeriodicTask) -> PeriodicTask:
-    """Stop the schedule's runs until it is resumed (pausing a paused one changes nothing)."""
+    """Stop the schedule's runs until it is resumed (pausing a paused one changes nothing, and records nothing)."""
     return _set_enabled(user=user, task=task, enabled=False)
 
 

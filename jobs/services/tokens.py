@@ -21,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from ..models import ApiToken
+from .audit import Action, audit_record
 
 _lock = threading.Lock()
 _cache: TTLCache | None = None  # digest -> _Entry, made on first use from the setting
@@ -41,10 +42,16 @@ def api_token_create(*, user, name: str = "") -> tuple[ApiToken, str]:
     return token, plain
 
 
-def api_token_revoke(*, token: ApiToken) -> ApiToken:
+@transaction.atomic
+def api_token_revoke(*, token: ApiToken, actor=None) -> ApiToken:
+    """Revoke a token (once: revoking it again changes nothing). `actor`: the user who asked, recorded in the audit
+    log (None: the platform itself, not recorded)."""
     if token.revoked_at is None:
         token.revoked_at = timezone.now()
         token.save(update_fields=["revoked_at"])
+        if actor is not None:
+            audit_record(actor=actor, action=Action.TOKEN_REVOKE, target=f"token:{token.prefix}",
+                         detail={"owner": token.user.get_username(), "name": token.name})
     return token
 
 

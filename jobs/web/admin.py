@@ -9,7 +9,7 @@ from django_celery_beat.models import PeriodicTask
 
 from .. import services
 from ..aggregation import Summary
-from ..models import ApiToken, Job, JobError, JobHourRollup, JobMinuteRollup, RollupWatermark
+from ..models import ApiToken, AuditEntry, Job, JobError, JobHourRollup, JobMinuteRollup, RollupWatermark
 from ..registry import all_kinds, get_kind
 from ..tasks import SCHEDULED_JOB_TASK
 
@@ -52,7 +52,7 @@ class JobAdmin(admin.ModelAdmin):
         done, skipped = 0, []
         for job in queryset:
             try:
-                action(job=job)
+                action(job=job, actor=request.user)
                 done += 1
             except services.JobStateError as exc:
                 skipped.append(f"{job.id}: {exc}")
@@ -67,7 +67,35 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_filter = ("revoked_at",)
     search_fields = ("prefix", "name", "user__username")
     list_select_related = ("user",)
-    readonly_fields = ("key_hash", "prefix", "created_at", "last_used_at")
+    # Revoked through the action, which records who did it in the audit log.
+    readonly_fields = ("key_hash", "prefix", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke_tokens"]
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke_tokens(self, request, queryset):
+        for token in queryset.select_related("user"):
+            services.api_token_revoke(token=token, actor=request.user)
+        self.message_user(request, "The selected tokens were revoked; they no longer authenticate.", messages.SUCCESS)
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The audit log is written by the services only: the admin shows it, nobody edits it."""
+
+    list_display = ("at", "actor_name", "action", "target", "count")
+    list_filter = ("action",)
+    search_fields = ("actor_name", "target")
+    date_hierarchy = "at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 class RollupAdmin(admin.ModelAdmin):

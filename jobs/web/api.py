@@ -3,12 +3,14 @@ import json
 import re
 from dataclasses import asdict
 from datetime import datetime, timezone as dt_timezone
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
+from zoneinfo import available_timezones
 
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest
-from ninja import Field, NinjaAPI, Query, Router, Schema, Status
+from django.utils import timezone
+from ninja import Field, NinjaAPI, Path, Query, Router, Schema, Status
 from ninja.errors import AuthenticationError, HttpError
 from ninja.errors import ValidationError as NinjaValidationError
 from ninja.pagination import LimitOffsetPagination, paginate
@@ -20,7 +22,7 @@ from pydantic.json_schema import models_json_schema
 
 from .. import selectors, services
 from ..infra.db import is_database_down
-from ..models import Job
+from ..models import AuditEntry, Job
 from ..registry import all_kinds
 from .middleware import database_unavailable_response, refusal_response
 
@@ -117,8 +119,45 @@ def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
+def schedule_schemas(schedule_in: dict) -> tuple[dict, dict]:
+    """The body of POST /api/schedules as generators and fuzzers should see it: one schema per kind, as for
+    submissions, each with `every_seconds` or `crontab` (one of them). Returns (the body's schema, its components);
+    the parameters' own schemas are submission_schemas' components."""
+    common = {name: spec for name, spec in schedule_in["properties"].items() if name not in ("kind", "params")}
+    components, mapping = {}, {}
+    for kind in all_kinds():
+        params_name = kind.params_model.__name__
+        name = f"Schedule{_camel(kind.name)}"
+        components[name] = {
+            "type": "object", "title": name, "additionalProperties": False,
+            "required": ["name", "kind"] + (["params"] if kind.params_model.model_json_schema().get("required")
+                                            else []),
+            "oneOf": [{"required": ["every_seconds"]}, {"required": ["crontab"]}],
+            "description": f"A schedule of {kind.title}: each run submits one job of it.",
+            "properties": {"kind": {"type": "string", "const": kind.name}, "params": _ref(params_name), **common},
+        }
+        mapping[kind.name] = f"#/components/schemas/{name}"
+    body = {"oneOf": [{"$ref": ref} for ref in mapping.values()],
+            "discriminator": {"propertyName": "kind", "mapping": mapping}}
+    return body, components
+
+
 def _camel(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^0-9A-Za-z]+", name) if part)
+
+
+def _strings_without_nul(schema):
+    """`schema` saying what JobIn.no_nul refuses: a string holding NUL. Each string schema with no pattern of its
+    own gets one, so that generated input is input the API takes."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "string" and not {"pattern", "const", "enum", "format"} & schema.keys():
+            schema["pattern"] = r"^[^\u0000]*$"
+        for value in schema.values():
+            _strings_without_nul(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _strings_without_nul(item)
+    return schema
 
 
 def submission_schemas(job_in: dict) -> tuple[dict, dict]:
@@ -131,8 +170,9 @@ def submission_schemas(job_in: dict) -> tuple[dict, dict]:
     kinds = all_kinds()
     ref_template = "#/components/schemas/{model}"
     _, params_defs = models_json_schema([(k.params_model, "validation") for k in kinds], ref_template=ref_template)
-    components = dict(params_defs.get("$defs", {}))
-    common = {name: spec for name, spec in job_in["properties"].items() if name not in ("kind", "params")}
+    components = _strings_without_nul(dict(params_defs.get("$defs", {})))
+    common = _strings_without_nul(
+        {name: spec for name, spec in job_in["properties"].items() if name not in ("kind", "params")})
     mapping = {}
     for kind in kinds:
         params_name = kind.params_model.__name__
@@ -173,6 +213,11 @@ class JobsAPI(NinjaAPI):
         body, kind_components = submission_schemas(components.pop("JobIn"))
         components.update(kind_components)
         submit["requestBody"]["content"]["application/json"]["schema"] = body
+        create_schedule = schema["paths"].get("/api/schedules", {}).get("post")
+        if create_schedule is not None:
+            body, schedule_components = schedule_schemas(components.pop("ScheduleIn"))
+            components.update(schedule_components)
+            create_schedule["requestBody"]["content"]["application/json"]["schema"] = body
         for item in schema["paths"].values():
             for operation in item.values():
                 for code, response in operation["responses"].items():
@@ -185,6 +230,10 @@ class JobsAPI(NinjaAPI):
             for method, operation in item.items():
                 errors = {**COMMON_ERRORS, **(BODY_ERRORS if method in ("post", "put", "patch") else {})}
                 responses = operation.setdefault("responses", {})
+                # ninja keys an operation's own answers by number: as text, one that it declares (a 403 for a
+                # missing permission) is kept, not written over by the shared one, nor doubled in the JSON.
+                for code in [code for code in responses if not isinstance(code, str)]:
+                    responses[str(code)] = responses.pop(code)
                 for code, (description, name) in errors.items():
                     if code == "503":
                         responses[code] = {"description": description, "headers": RETRY_AFTER, "content": {
@@ -389,7 +438,7 @@ def get_job(request, job_id: UUID):
 @router.post("/jobs/{job_id}/cancel", response={200: JobOut, 404: ErrorOut, 409: ErrorOut}, summary="Cancel a job")
 def cancel_job(request, job_id: UUID):
     try:
-        return services.job_cancel(job=_get_or_404(request, job_id))
+        return services.job_cancel(job=_get_or_404(request, job_id), actor=request.auth)
     except services.JobStateError as exc:
         raise HttpError(409, str(exc)) from None
 
@@ -398,7 +447,7 @@ def cancel_job(request, job_id: UUID):
              summary="Run a failed or cancelled job again")
 def retry_job(request, job_id: UUID):
     try:
-        return Status(202, services.job_retry(job=_get_or_404(request, job_id)))
+        return Status(202, services.job_retry(job=_get_or_404(request, job_id), actor=request.auth))
     except services.JobStateError as exc:
         raise HttpError(409, str(exc)) from None
 
@@ -492,7 +541,406 @@ def job_stats(request, filters: Query[StatsFilters]):
     return {**asdict(selectors.job_stats(window=filters.window)), "counters": selectors.periodic_counters()}
 
 
+# --- Operations: queues paused and resumed, jobs retried or cancelled by filter, the audit log ------------------
+
+QueueName = Annotated[str, Path(..., min_length=1, max_length=64, pattern=r"^[^\u0000/]+$",
+                                description="A queue of GET /api/queues.")]
+
+
+class QueueStateOut(Schema):
+    name: str
+    depth: int = Field(..., description="Messages waiting (a paused queue's grow up to its limit).")
+    limit: int
+    accepting: bool = Field(..., description="Whether submissions are accepted (a paused queue's are, up to its "
+                                             "limit).")
+    paused: bool = Field(..., description="Workers take none of its jobs until it is resumed.")
+    paused_at: datetime | None
+    paused_by: str | None
+    workers: int = Field(..., description="Online workers that serve it (none of them takes its jobs while it "
+                                          "is paused).")
+
+
+class QueuePauseOut(Schema):
+    name: str
+    paused: bool
+    paused_at: datetime | None
+    paused_by: str | None
+
+
+def _pause_out(name: str, pause) -> dict:
+    return {"name": name, "paused": pause is not None, "paused_at": pause.paused_at if pause else None,
+            "paused_by": pause.paused_by.get_username() if pause and pause.paused_by_id else None}
+
+
+# No NUL, which PostgreSQL cannot store (in a query's parameters either).
+NO_NUL_PATTERN = r"^[^\u0000]*$"
+
+
+class BulkFilterIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Job.Status | None = Field(None, description="Within the action's own states: failed or cancelled "
+                                                        "(retry); queued, retrying or running (cancel).")
+    kind: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL_PATTERN, strict=True)
+    queue: str | None = Field(None, min_length=1, max_length=64, pattern=NO_NUL_PATTERN, strict=True)
+    owner: str | None = Field(None, min_length=1, max_length=150, pattern=NO_NUL_PATTERN, strict=True,
+                              description="A username: yours, unless you are staff (another user's is 404).")
+    created_after: datetime | None = Field(None, description="Created at or after this time (UTC if no offset).")
+    created_before: datetime | None = Field(None, description="Created before this time (UTC if no offset).")
+    search: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL_PATTERN, strict=True,
+                               description="Text in the parameters (as JSON) or the error, ignoring case.")
+
+    @field_validator("created_after", "created_before", mode="before")
+    @classmethod
+    def time_as_text(cls, value):
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a date-time string (ISO 8601)")
+        return value
+
+    @field_validator("created_after", "created_before")
+    @classmethod
+    def in_utc(cls, value):
+        if value is None:
+            return value
+        try:
+            return value.astimezone(dt_timezone.utc) if value.tzinfo else value.replace(tzinfo=dt_timezone.utc)
+        except OverflowError:  # 0001-01-01 at +14:00 is a time before the first UTC one
+            raise ValueError("is out of range once in UTC") from None
+
+
+class BulkIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["retry", "cancel"]
+    filter: BulkFilterIn = Field(default_factory=BulkFilterIn, description="Every condition given, together.")
+    dry_run: bool = Field(True, strict=True, description="Count only (the default): send false to act.")
+
+
+class BulkOut(Schema):
+    action: Literal["retry", "cancel"]
+    dry_run: bool
+    matched: int = Field(..., description="Jobs matching the filter in a state the action applies to.")
+    changed: int | None = Field(None, description="Jobs retried or cancelled (absent in a dry run); fewer than "
+                                                  "`matched` when some left that state meanwhile.")
+
+
+class AuditEntryOut(Schema):
+    id: int
+    at: datetime
+    actor: str | None = Field(..., description="The user's name then; null for the platform itself.")
+    action: AuditEntry.Action
+    target: str = Field(..., description="What was acted on, as type:id (`queue:cpu`, `job:<id>`, ...); empty "
+                                         "for a bulk action.")
+    filter: dict[str, Any] = Field(..., description="A bulk action's filter.")
+    count: int | None = Field(..., description="How many jobs it changed.")
+    detail: dict[str, Any]
+
+    @staticmethod
+    def resolve_actor(entry: AuditEntry):
+        return entry.actor_name or None
+
+
+class AuditFilters(Schema):
+    action: AuditEntry.Action | None = None
+    actor: str | None = Field(None, max_length=150, pattern=NO_NUL_PATTERN, description="A username.")
+    target: str | None = Field(None, max_length=300, pattern=NO_NUL_PATTERN,
+                               description="`queue:cpu`, `job:<id>`, ...")
+
+
+operations_router = Router(tags=["operations"])
+
+
+@operations_router.get("/queues", response=list[QueueStateOut], summary="Queues: depth, limit, paused, workers")
+def list_queues(request):
+    overview = selectors.queue_overview(max_age=0)
+    snap = overview.snapshot
+    if snap is None:
+        raise services.BrokerUnavailable(overview.broker_error)
+    paused, serving = overview.paused, overview.workers_per_queue()
+    return [{**_pause_out(q.name, paused.get(q.name)), "depth": q.depth, "limit": q.limit,
+             "accepting": not (q.closed or snap.total_closed), "workers": serving.get(q.name, 0)}
+            for q in snap.queues.values()]
+
+
+def _queue_action(request, name: str, action):
+    try:
+        action(queue=name, actor=request.auth)
+    except services.NotPermitted as exc:
+        raise HttpError(403, str(exc)) from None
+    except services.NotFound as exc:
+        raise HttpError(404, str(exc)) from None
+    except services.JobStateError as exc:
+        raise HttpError(409, str(exc)) from None
+    return _pause_out(name, selectors.queue_pauses().get(name))
+
+
+@operations_router.post("/queues/{name}/pause", response={200: QueuePauseOut, 403: ErrorOut, 404: ErrorOut,
+                                                           409: ErrorOut}, summary="Pause a queue")
+def pause_queue(request, name: QueueName):
+    """Workers take none of its jobs until it is resumed (those running finish); submissions are still accepted up
+    to its limit. Needs the jobs.pause_queue permission; the platform queue cannot be paused (409)."""
+    return _queue_action(request, name, services.queue_pause)
+
+
+@operations_router.post("/queues/{name}/resume", response={200: QueuePauseOut, 403: ErrorOut, 404: ErrorOut,
+                                                            409: ErrorOut}, summary="Resume a paused queue")
+def resume_queue(request, name: QueueName):
+    """Its workers take its jobs again at once. Needs the jobs.pause_queue permission."""
+    return _queue_action(request, name, services.queue_resume)
+
+
+@operations_router.post("/jobs/bulk", response={200: BulkOut, 403: ErrorOut, 404: ErrorOut},
+                        exclude_none=True, summary="Retry or cancel every job matching a filter")
+def bulk_jobs(request, payload: BulkIn):
+    """Count first (`dry_run`, the default), then act. Your own jobs only, unless you are staff. Jobs are changed in
+    batches; one that left the matching state meanwhile is left alone, so repeating it is safe. Needs the
+    jobs.bulk_retry or jobs.bulk_cancel permission."""
+    f = payload.filter
+    try:
+        result = services.jobs_bulk(
+            actor=request.auth, action=payload.action, dry_run=payload.dry_run,
+            filter=services.JobFilter(status=f.status, kind=f.kind, queue=f.queue, owner=f.owner, search=f.search,
+                                      created_after=f.created_after, created_before=f.created_before))
+    except services.NotPermitted as exc:
+        raise HttpError(403, str(exc)) from None
+    except services.NotFound as exc:
+        raise HttpError(404, str(exc)) from None
+    except services.JobInputError as exc:
+        raise NinjaValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
+    return asdict(result)
+
+
+@operations_router.get("/audit", response={200: list[AuditEntryOut], 403: ErrorOut},
+                       summary="The audit log: operators' actions, newest first")
+@paginate(JobPagination)
+def audit_log(request, filters: Query[AuditFilters]):
+    """Who paused or resumed a queue, retried or cancelled jobs (one or by filter), changed or ran a schedule, or
+    revoked a token, and when. Needs the jobs.view_audit permission."""
+    if not request.auth.has_perm("jobs.view_audit"):
+        raise HttpError(403, "you may not read the audit log: that needs the jobs.view_audit permission")
+    return selectors.audit_entries(action=filters.action, actor=filters.actor, target=filters.target)
+
+
+# Before the jobs router: its /jobs/{job_id} would take /jobs/bulk.
+api.add_router("/", operations_router)
 api.add_router("/", router)
+
+
+# --- Schedules: django-celery-beat rows that submit one job per run -------------------------
+
+# A crontab's five fields, each a list of `*`, `*/step`, `n`, `n-m` or `n-m/step` within the field's range (day of
+# week 0-6 from Sunday, or sun..sat), as Celery reads them. A day that never occurs in the months given
+# (30 2 30 2 *) is a valid crontab that never runs, as in cron.
+_STEP = r"/[1-9][0-9]{0,2}"
+
+
+def _cron_field(number: str) -> str:
+    item = rf"(?:\*(?:{_STEP})?|(?:{number})(?:-(?:{number})(?:{_STEP})?)?)"
+    return rf"{item}(?:,{item})*"
+
+
+CRONTAB_PATTERN = "^" + " ".join(_cron_field(n) for n in (
+    r"[0-5]?[0-9]", r"[01]?[0-9]|2[0-3]", r"0?[1-9]|[12][0-9]|3[01]", r"0?[1-9]|1[0-2]",
+    r"[0-6]|sun|mon|tue|wed|thu|fri|sat")) + "$"
+TimeZoneName = Literal[tuple(sorted(available_timezones()))]
+# Not blank and no NUL (which PostgreSQL cannot store); the blanks spelled out, as regex dialects differ on \s.
+NAME_PATTERN = r"^[^\u0000]*[^\u0000 \t\n\r\x0b\x0c][^\u0000]*$"
+
+
+class ScheduleIn(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=200, pattern=NAME_PATTERN, strict=True,
+                      description="Unique; each run's job names it.")
+    kind: str = Field(..., min_length=1, max_length=200, strict=True, description="A kind from GET /api/kinds.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The kind's parameters (its JSON schema).")
+    # Absent, not null: a schedule has one or the other, and the schema says so.
+    every_seconds: int = Field(None, ge=1, le=services.schedules.MAX_EVERY_SECONDS, strict=True,
+                               description="Run every this many seconds (or give `crontab`).")
+    crontab: str = Field(
+        None, max_length=64, pattern=CRONTAB_PATTERN, strict=True,
+        description="Run at these times (or give `every_seconds`): minute hour day-of-month month day-of-week, "
+                    "e.g. `30 2 * * 1-5`, read in `crontab_timezone`.")
+    crontab_timezone: TimeZoneName = Field(
+        "UTC", description="The time zone the crontab's times are in (an IANA name): `0 9 * * *` in "
+                           "Europe/Berlin runs at 09:00 there, summer and winter.")
+    run_as: str = Field(None, min_length=1, max_length=150, pattern=r"^[^\u0000]+$", strict=True,
+                               description="Whose jobs the runs are: you by default; another user needs staff "
+                                           "with the permission to add schedules.")
+    catch_up: Literal["once", "skip"] = Field(
+        "once", description="Runs missed while no beat ran: `once` runs one as soon as beat is back, `skip` none.")
+    enabled: bool = Field(True, strict=True, description="False creates it paused.")
+
+    @field_validator("name", "kind", "run_as", "params")
+    @classmethod
+    def no_nul(cls, value):
+        return JobIn.no_nul(value)
+
+
+class ScheduleOut(Schema):
+    id: int
+    name: str
+    kind: str
+    params: dict[str, Any]
+    run_as: str | None = Field(..., description="Whose jobs its runs are; null: they have no owner.")
+    enabled: bool = Field(..., description="False while paused.")
+    every_seconds: int | float | None = Field(..., description="An interval schedule's period.")
+    crontab: str | None = Field(..., description="A crontab schedule's five fields.")
+    crontab_timezone: str | None = Field(..., description="The time zone its crontab is read in.")
+    catch_up: Literal["once", "skip"]
+    last_run_at: datetime | None = Field(..., description="When beat last sent it.")
+    next_run_at: datetime | None = Field(..., description="When beat sends it next (in the past: overdue, no "
+                                                          "beat is running); null while paused or never again.")
+    missed_runs: int = Field(..., description="Runs missed while no beat ran, since Redis started.")
+    refused_runs: int = Field(..., description="Runs back pressure refused, since Redis started.")
+    may_manage: bool = Field(..., description="Whether you may run, pause and resume it.")
+
+    @staticmethod
+    def resolve_run_as(info):
+        return info.owner
+
+    @staticmethod
+    def resolve_every_seconds(info):
+        every = info.every_seconds
+        return int(every) if every is not None and float(every).is_integer() else every
+
+
+class ScheduleRunOut(Schema):
+    id: UUID
+    status: Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+    trigger: Literal["beat", "run now"]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_seconds: float | None = Field(..., description="From its start to its end (so far, while running).")
+    attempts: int
+    error: str
+
+    @staticmethod
+    def resolve_trigger(job: Job):
+        return selectors.schedule_run_trigger(job)
+
+    @staticmethod
+    def resolve_duration_seconds(job: Job):
+        if job.started_at is None:
+            return None
+        return max(0.0, ((job.finished_at or timezone.now()) - job.started_at).total_seconds())
+
+
+class SkippedRunOut(Schema):
+    at: datetime
+    reason: str
+
+
+class MissedRunsOut(Schema):
+    at: datetime = Field(..., description="When beat found them, as it started.")
+    missed: int
+    since: datetime = Field(..., description="The last run before them.")
+    until: datetime = Field(..., description="The last time missed.")
+    policy: Literal["once", "skip"] = Field(..., description="What beat did: one run at once, or none.")
+
+
+class ScheduleRunsOut(Schema):
+    schedule: ScheduleOut
+    jobs: list[ScheduleRunOut] = Field(..., description="The jobs it submitted, newest first.")
+    refused: list[SkippedRunOut] = Field(..., description="Runs back pressure refused, newest first.")
+    invalid: list[SkippedRunOut] = Field(..., description="Runs that could not submit (kind, parameters or owner "
+                                                          "gone), newest first.")
+    missed: list[MissedRunsOut] = Field(..., description="Runs missed while no beat ran, newest first.")
+
+
+class ScheduleRunsFilters(Schema):
+    limit: int = Field(selectors.SCHEDULE_RUNS_SHOWN, ge=1, le=200, description="Jobs to list, at most.")
+
+
+ScheduleId = Annotated[int, Path(..., ge=1, le=2**63 - 1)]
+
+
+def _schedule_or_404(request, schedule_id: int):
+    schedule = selectors.schedule_get(user=request.auth, schedule_id=schedule_id)
+    if schedule is None:
+        raise HttpError(404, "no such schedule")
+    return schedule
+
+
+def _schedule_action(request, schedule_id: int, action):
+    schedule = _schedule_or_404(request, schedule_id)
+    try:
+        return action(user=request.auth, task=schedule.task)
+    except services.NotPermitted as exc:
+        raise HttpError(403, str(exc)) from None
+    except services.JobStateError as exc:
+        raise HttpError(409, f"the schedule cannot run: {exc}") from None
+
+
+schedules_router = Router(tags=["schedules"])
+
+
+@schedules_router.get("/schedules", response=list[ScheduleOut], summary="Schedules, with their last and next runs")
+def list_schedules(request):
+    """Your schedules (staff: every user's), by name."""
+    return selectors.schedule_list(user=request.auth)
+
+
+@schedules_router.post("/schedules", response={201: ScheduleOut, 403: ErrorOut, 409: ErrorOut},
+                       summary="Schedule a job kind")
+def create_schedule(request, payload: ScheduleIn):
+    """Submit one job of `kind` every `every_seconds`, or at each time of `crontab`; beat takes it up at once."""
+    try:
+        task = services.schedule_create(
+            user=request.auth, name=payload.name, kind=payload.kind, params=payload.params,
+            every_seconds=payload.every_seconds, crontab=payload.crontab, crontab_timezone=payload.crontab_timezone,
+            run_as=payload.run_as, catch_up=payload.catch_up, enabled=payload.enabled)
+    except services.NotPermitted as exc:
+        raise HttpError(403, str(exc)) from None
+    except services.ScheduleNameTaken as exc:
+        raise HttpError(409, str(exc)) from None
+    except services.JobInputError as exc:
+        raise NinjaValidationError([{**e, "loc": ["body", *e["loc"]]} for e in exc.errors]) from None
+    return Status(201, selectors.schedule_get(user=request.auth, schedule_id=task.pk))
+
+
+@schedules_router.get("/schedules/{schedule_id}", response={200: ScheduleOut, 404: ErrorOut}, summary="One schedule")
+def get_schedule(request, schedule_id: ScheduleId):
+    return _schedule_or_404(request, schedule_id)
+
+
+@schedules_router.get("/schedules/{schedule_id}/runs", response={200: ScheduleRunsOut, 404: ErrorOut},
+                      summary="A schedule's runs: its jobs, and the runs that made none")
+def schedule_runs(request, schedule_id: ScheduleId, filters: Query[ScheduleRunsFilters]):
+    schedule = _schedule_or_404(request, schedule_id)
+    runs = selectors.schedule_runs(user=request.auth, schedule=schedule, limit=filters.limit)
+    return {"schedule": schedule, "jobs": runs.jobs, "refused": runs.refused, "invalid": runs.invalid,
+            "missed": [{**m, "policy": m.get("policy", "once")} for m in runs.missed]}
+
+
+@schedules_router.post("/schedules/{schedule_id}/run",
+                       response={200: JobOut, 202: JobOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut},
+                       summary="Run a schedule now")
+def run_schedule(request, schedule_id: ScheduleId):
+    """Submit one run at once, besides its regular ones (202 with the job; 200 for an inline kind, done); back
+    pressure applies (503)."""
+    job = _schedule_action(request, schedule_id, services.schedule_run_now)
+    return Status(200, _with_result(job)) if job.is_finished else Status(202, job)
+
+
+@schedules_router.post("/schedules/{schedule_id}/pause", response={200: ScheduleOut, 403: ErrorOut, 404: ErrorOut},
+                       summary="Pause a schedule")
+def pause_schedule(request, schedule_id: ScheduleId):
+    """No runs until it is resumed; the runs it would have had meanwhile are not caught up."""
+    _schedule_action(request, schedule_id, services.schedule_pause)
+    return _schedule_or_404(request, schedule_id)
+
+
+@schedules_router.post("/schedules/{schedule_id}/resume", response={200: ScheduleOut, 403: ErrorOut, 404: ErrorOut},
+                       summary="Resume a paused schedule")
+def resume_schedule(request, schedule_id: ScheduleId):
+    """Its next run is one period (or the next crontab time) after now."""
+    _schedule_action(request, schedule_id, services.schedule_resume)
+    return _schedule_or_404(request, schedule_id)
+
+
+api.add_router("/", schedules_router)
 
 
 @api.exception_handler(NinjaValidationError)

@@ -35,6 +35,11 @@ class QueuesCollector:
             drain = GaugeMetricFamily("jobs_drain_rate", "Jobs claimed per second over the last 10 seconds.")
             drain.add_metric([], snap.drain_rate)
             yield from (depth, limit, accepting, total_limit, drain)
+        paused = GaugeMetricFamily("jobs_queue_paused", "1 while a queue is paused: workers take none of its jobs.",
+                                   labels=["queue"])
+        for name in settings.JOBS_QUEUES:
+            paused.add_metric([name], 1 if name in overview.paused else 0)
+        yield paused
         workers = GaugeMetricFamily("jobs_workers_online", "Celery workers whose heartbeat came within the lease.")
         workers.add_metric([], len(overview.workers))
         consumers = GaugeMetricFamily("jobs_queue_workers", "Online workers consuming each queue.", labels=["queue"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import timezone as dt_timezone
 
 from django.contrib.humanize.templatetags.humanize import intcomma
 
@@ -89,3 +90,32 @@ def duration(seconds: float | None) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+# --- Times in the reader's time zone --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalTime:
+    """A moment as a page shows it: in the reader's time zone, with UTC for the hover text."""
+
+    iso: str
+    local: str
+    utc: str
+
+
+def local_time(value, zone) -> LocalTime | None:
+    if value is None:
+        return None
+    return LocalTime(iso=value.isoformat(), local=value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z"),
+                     utc=value.astimezone(dt_timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+
+
+def every_text(seconds: float) -> str:
+    """An interval in words: "every 10 seconds", "every 2 hours", "every 90 seconds"."""
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"every {unit}" if count == 1 else f"every {count} {unit}s"
+    count = f"{seconds:g}"
+    return "every second" if count == "1" else f"every {count} seconds"
