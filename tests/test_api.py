@@ -265,3 +265,12 @@ def test_the_docs_page_loads_its_assets_from_this_site(client):
     page = client.get("/api/docs").content.decode()
     assert "cdn." not in page and "jsdelivr" not in page
     assert "/static/ninja/swagger-ui-bundle.js" in page
+
+
+@pytest.mark.parametrize("run_at", ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"])
+def test_a_time_that_leaves_the_calendar_in_utc_is_422_not_500(api, run_at):
+    response = api.post("/api/jobs", {"kind": "noop", "run_at": run_at})
+    assert response.status_code == 422, response.content
+    assert ["body", "run_at"] in [e["loc"] for e in response.json()["detail"]] or \
+        ["body", "payload", "run_at"] in [e["loc"] for e in response.json()["detail"]]
+    assert not Job.objects.exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone as dt_timezone
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -70,6 +70,11 @@ def job_submit(
     clean_params = validate_params(job_kind, params or {})
     if priority is not None and not 0 <= priority <= 9:
         raise JobInputError([{"loc": ["priority"], "msg": "must be 0-9", "type": "range"}])
+    if run_at is not None:
+        try:
+            run_at = run_at.astimezone(dt_timezone.utc)  # 0001-01-01T00:00+14:00 is before any UTC time
+        except (OverflowError, ValueError):
+            raise JobInputError([{"loc": ["run_at"], "msg": "is out of range once in UTC", "type": "range"}]) from None
     queue = queue or job_kind.queue
     if queue not in settings.JOBS_QUEUES:
         raise JobInputError([{"loc": ["queue"], "msg": f"must be one of {settings.JOBS_QUEUES}", "type": "queue"}])
