@@ -35,12 +35,12 @@ bench: $(VENV)/.installed-bench
 	$(PY) bench/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VENV6) var
+	rm -rf $(VENV) var
 
 # Django's task API on Django 6.0 (Python 3.12+): the backend's tests run again in a venv of their own.
 DJANGO6_PYTHON ?= python3.12
 DJANGO6_VERSION := 6.0.10
-VENV6 := .venv-django6
+VENV6 := $(VENV)/django6
 $(VENV6)/.installed: requirements.txt requirements-dev.txt
 	$(DJANGO6_PYTHON) -m venv $(VENV6)
 	$(VENV6)/bin/python -m pip install --quiet --upgrade pip
